@@ -1,0 +1,157 @@
+"""The model manifest: which weight files the engine needs and where they live on disk.
+
+Real weights come from the Hugging Face hub into its standard cache (`HF_HOME` respected)
+through `huggingface_hub`; we resolve the files ourselves and hand DiffSynth explicit paths,
+because DiffSynth's own downloader looks in `./models/<repo>/`, not in the HF cache.
+The tiny model has the same shape of manifest, pointing at files `engine/tiny.py` writes.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DOWNLOAD_COMMAND = "python -m engine download"
+
+
+@dataclass(frozen=True)
+class Component:
+    """One loadable piece of the pipeline."""
+
+    slot: str  # where it goes: dit_turbo, dit_base, text_encoder, vae_encoder, vae_decoder, tokenizer, ...
+    repo_id: str | None  # Hugging Face repo; None for local files (the tiny model)
+    pattern: str  # glob inside the repo (or local folder); a folder for the tokenizer
+    model_class: str | None  # dotted path of the DiffSynth class; None for the tokenizer
+    extra_kwargs: dict = field(default_factory=dict)
+    state_dict_converter: str | None = None
+    description: str = ""
+    size_gb: float = 0.0  # rough download size, shown by `download`
+
+
+TURBO_REPO = "Tongyi-MAI/Z-Image-Turbo"
+BASE_REPO = "Tongyi-MAI/Z-Image"
+
+ZIMAGE_COMPONENTS: tuple[Component, ...] = (
+    Component(
+        "dit_turbo", TURBO_REPO, "transformer/*.safetensors", "diffsynth.models.z_image_dit.ZImageDiT",
+        description="Z-Image-Turbo transformer", size_gb=12.3,
+    ),
+    Component(
+        "dit_base", BASE_REPO, "transformer/*.safetensors", "diffsynth.models.z_image_dit.ZImageDiT",
+        description="Z-Image Base transformer", size_gb=12.3,
+    ),
+    Component(
+        "text_encoder", TURBO_REPO, "text_encoder/*.safetensors",
+        "diffsynth.models.z_image_text_encoder.ZImageTextEncoder",
+        description="Qwen3-4B text encoder", size_gb=8.0,
+    ),
+    Component(
+        "vae_encoder", TURBO_REPO, "vae/diffusion_pytorch_model.safetensors", "diffsynth.models.flux_vae.FluxVAEEncoder",
+        extra_kwargs={"use_conv_attention": False},
+        state_dict_converter="diffsynth.utils.state_dict_converters.flux_vae.FluxVAEEncoderStateDictConverterDiffusers",
+        description="VAE encoder", size_gb=0.2,
+    ),
+    Component(
+        "vae_decoder", TURBO_REPO, "vae/diffusion_pytorch_model.safetensors", "diffsynth.models.flux_vae.FluxVAEDecoder",
+        extra_kwargs={"use_conv_attention": False},
+        state_dict_converter="diffsynth.utils.state_dict_converters.flux_vae.FluxVAEDecoderStateDictConverterDiffusers",
+        description="VAE decoder", size_gb=0.0,
+    ),
+    Component("tokenizer", TURBO_REPO, "tokenizer/*", None, description="tokenizer", size_gb=0.01),
+)  # fmt: skip
+
+
+def tiny_components() -> tuple[Component, ...]:
+    from engine.tiny import TINY_DIT_KWARGS
+
+    dit = "diffsynth.models.z_image_dit.ZImageDiT"
+    return (
+        Component("dit_turbo", None, "dit_turbo.safetensors", dit, dict(TINY_DIT_KWARGS)),
+        Component("dit_base", None, "dit_base.safetensors", dit, dict(TINY_DIT_KWARGS)),
+        Component("text_encoder", None, "text_encoder.safetensors", "engine.tiny.TinyTextEncoder"),
+        Component(
+            "vae_encoder", None, "vae.safetensors", "diffsynth.models.flux_vae.FluxVAEEncoder",
+            {"use_conv_attention": False}, "engine.tiny.tiny_vae_encoder_converter",
+        ),
+        Component(
+            "vae_decoder", None, "vae.safetensors", "diffsynth.models.flux_vae.FluxVAEDecoder",
+            {"use_conv_attention": False}, "engine.tiny.tiny_vae_decoder_converter",
+        ),
+        Component("tokenizer", None, "tokenizer/*", None),
+    )  # fmt: skip
+
+
+class MissingWeightsError(Exception):
+    """Weights are not on disk. The message lists them and says how to fetch them."""
+
+    def __init__(self, missing: list[str], detail: str = ""):
+        self.missing = missing
+        lines = ["Model weights are missing:"] + [f"  - {item}" for item in missing]
+        if detail:
+            lines.append(detail)
+        lines.append(f"Fetch them with: {DOWNLOAD_COMMAND}   (or set [engine] models = \"tiny\" to try without them)")
+        super().__init__("\n".join(lines))
+
+
+def tiny_dir() -> Path:
+    """Where the tiny model's files are written (a cache: safe to delete)."""
+    root = os.environ.get("ZIMAGE_BOT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "zimage-bot"
+    )
+    return Path(root) / "tiny-model"
+
+
+def _component_paths(folder: Path, component: Component) -> list[str]:
+    return sorted(glob.glob(str(folder / component.pattern)))
+
+
+def resolve(models: str, components: tuple[Component, ...] | None = None) -> dict[str, list[str]]:
+    """Map each component's slot to local file paths; raise MissingWeightsError listing every gap."""
+    if models == "tiny":
+        from engine.tiny import build_tiny_weights
+
+        folder = build_tiny_weights(tiny_dir())
+        return {c.slot: _component_paths(folder, c) for c in (components or tiny_components())}
+    if models != "zimage":
+        raise ValueError(f'unknown models "{models}": use "zimage" or "tiny"')
+
+    from huggingface_hub import snapshot_download
+
+    resolved, missing = {}, []
+    for component in components or ZIMAGE_COMPONENTS:
+        try:
+            folder = Path(snapshot_download(component.repo_id, allow_patterns=[component.pattern], local_files_only=True))
+            paths = _component_paths(folder, component)
+        except Exception:  # LocalEntryNotFoundError and friends: nothing of this repo is cached
+            paths = []
+        if not paths:
+            missing.append(f"{component.description} ({component.repo_id}: {component.pattern})")
+        resolved[component.slot] = paths
+    if missing:
+        raise MissingWeightsError(missing)
+    return resolved
+
+
+def download(components: tuple[Component, ...] | None = None) -> dict[str, str]:
+    """Fetch every real weight file into the HF cache, with progress bars; resumable."""
+    from huggingface_hub import snapshot_download
+
+    by_repo: dict[str, list[str]] = {}
+    for component in components or ZIMAGE_COMPONENTS:
+        patterns = by_repo.setdefault(component.repo_id, [])
+        if component.pattern not in patterns:  # the VAE encoder and decoder share one file
+            patterns.append(component.pattern)
+    folders, failed = {}, []
+    for repo_id, patterns in by_repo.items():
+        print(f"Fetching {repo_id} ({', '.join(patterns)})", flush=True)
+        try:
+            folders[repo_id] = snapshot_download(repo_id, allow_patterns=patterns)
+        except Exception as exc:  # offline, DNS, 401, disk full: report them all at the end
+            failed.append(f"{repo_id}: {', '.join(patterns)} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})")
+    if failed:
+        raise MissingWeightsError(
+            failed, detail="The download failed: check the network (HF_HUB_OFFLINE must not be set) and try again."
+        )
+    return folders

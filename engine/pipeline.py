@@ -1,0 +1,169 @@
+"""One ZImagePipeline with the Base and Turbo DiTs both resident, swapped by pointer per job.
+
+The text encoder and VAE are shared. Every component is loaded through DiffSynth's
+`ModelPool.load_model_file` with an explicit class and path (hash detection only knows the
+real checkpoints), so the tiny model and the real weights take the same path.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+from diffsynth.diffusion.base_pipeline import ControlNetInput  # noqa: F401  (re-exported for modes)
+from diffsynth.models import z_image_dit
+from diffsynth.models.model_loader import ModelPool
+from diffsynth.pipelines.z_image import ZImagePipeline
+from transformers import AutoTokenizer
+
+from engine.models import Component, ZIMAGE_COMPONENTS, resolve, tiny_components
+
+log = logging.getLogger("engine.pipeline")
+
+
+def _timestep_embedding_in_weight_dtype(self, t):
+    # DiffSynth casts the timestep embedding to bfloat16 before the MLP; on CPU we run float32
+    # (bf16 convolutions are ~170x slower there), so cast to whatever the weights are.
+    frequencies = self.timestep_embedding(t, self.frequency_embedding_size)
+    return self.mlp(frequencies.to(self.mlp[0].weight.dtype))
+
+
+z_image_dit.TimestepEmbedder.forward = _timestep_embedding_in_weight_dtype
+
+
+@dataclass
+class EngineOptions:
+    models: str = "zimage"  # "zimage" (real weights) or "tiny"
+    device: str = "auto"  # auto, cuda, cuda:1, mps, cpu
+    compile: bool = False  # DiffSynth compile_pipeline() + a warm-up image per DiT
+    low_vram: str = "auto"  # auto | off | on: offload idle models to CPU (DiffSynth vram_config)
+    vram_limit_gb: float | None = None  # for low_vram; default: the card's memory minus 0.5 GB
+
+
+def pick_device(requested: str = "auto") -> str:
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def pick_dtype(device: str) -> torch.dtype:
+    return torch.float32 if device == "cpu" else torch.bfloat16
+
+
+# Both DiTs, the text encoder and the VAE in bf16 need ~41 GB; below this, offload the idle ones.
+FULLY_RESIDENT_MIN_GB = 44.0
+
+
+class StreamingZImagePipeline(ZImagePipeline):
+    """ZImagePipeline that remembers the latest latents, for cheap previews between steps."""
+
+    latest_latents: torch.Tensor | None = None
+
+    def step(self, scheduler, latents, progress_id, noise_pred, **kwargs):
+        latents = super().step(scheduler, latents, progress_id, noise_pred, **kwargs)
+        self.latest_latents = latents
+        return latents
+
+
+class PooledPipeline:
+    """The engine's single pipeline. `use(model)` points `pipe.dit` at Turbo or Base."""
+
+    def __init__(self, options: EngineOptions):
+        self.options = options
+        self.device = pick_device(options.device)
+        self.dtype = pick_dtype(self.device)
+        self.pipe = StreamingZImagePipeline(device=self.device, torch_dtype=self.dtype)
+        self.dits: dict[str, torch.nn.Module] = {}
+        self.low_vram = False
+        self.load_seconds = 0.0
+
+    # -- loading -----------------------------------------------------------------------------
+
+    def load(self) -> PooledPipeline:
+        start = time.perf_counter()
+        components = tiny_components() if self.options.models == "tiny" else ZIMAGE_COMPONENTS
+        paths = resolve(self.options.models, components)  # raises MissingWeightsError listing every gap
+        self.low_vram = self._wants_low_vram()
+        pool = ModelPool()
+        for component in components:
+            if component.model_class is None:
+                continue
+            model = self._load_component(pool, component, paths[component.slot])
+            if component.slot.startswith("dit_"):
+                self.dits[component.slot.removeprefix("dit_")] = model
+            else:
+                setattr(self.pipe, component.slot, model)
+        tokenizer_folder = paths["tokenizer"][0].rsplit("/", 1)[0]
+        self.pipe.tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
+        self.pipe.dit = self.dits["turbo"]
+        self.pipe.vram_management_enabled = self.pipe.check_vram_management_state()
+        if self.options.compile:
+            self.compile()
+        self.load_seconds = time.perf_counter() - start
+        log.info("pipeline ready on %s (%s) in %.1f s, low_vram=%s", self.device, self.dtype, self.load_seconds, self.low_vram)
+        return self
+
+    def _wants_low_vram(self) -> bool:
+        if self.options.low_vram != "auto":
+            return self.options.low_vram == "on"
+        if not self.device.startswith("cuda"):
+            return False
+        total_gb = torch.cuda.get_device_properties(torch.device(self.device)).total_memory / 2**30
+        return self.options.models == "zimage" and total_gb < FULLY_RESIDENT_MIN_GB
+
+    def _vram_config(self) -> dict:
+        if not self.low_vram:
+            # Everything resident on the compute device: no VRAM management at all.
+            return {
+                "offload_dtype": None, "offload_device": None,
+                "onload_dtype": self.dtype, "onload_device": self.device,
+                "preparing_dtype": self.dtype, "preparing_device": self.device,
+                "computation_dtype": self.dtype, "computation_device": self.device,
+            }  # fmt: skip
+        # Idle models wait in CPU memory and are moved in per stage (DiffSynth's offload recipe).
+        return {
+            "offload_dtype": self.dtype, "offload_device": "cpu",
+            "onload_dtype": self.dtype, "onload_device": "cpu",
+            "preparing_dtype": self.dtype, "preparing_device": self.device,
+            "computation_dtype": self.dtype, "computation_device": self.device,
+        }  # fmt: skip
+
+    def _vram_limit(self) -> float | None:
+        if not self.low_vram or not self.device.startswith("cuda"):
+            return None
+        if self.options.vram_limit_gb:
+            return self.options.vram_limit_gb
+        return torch.cuda.mem_get_info(torch.device(self.device))[1] / 2**30 - 0.5
+
+    def _load_component(self, pool: ModelPool, component: Component, paths: list[str]):
+        config = {"model_class": component.model_class, "extra_kwargs": component.extra_kwargs}
+        if component.state_dict_converter:
+            config["state_dict_converter"] = component.state_dict_converter
+        path = paths[0] if len(paths) == 1 else paths
+        return pool.load_model_file(config, path, self._vram_config(), vram_limit=self._vram_limit())
+
+    def compile(self) -> None:
+        """Regional torch.compile of the repeated DiT blocks of both DiTs, then one warm-up image each."""
+        for name, dit in self.dits.items():
+            self.pipe.dit = dit
+            self.pipe.compile_pipeline()
+            self.pipe(prompt="warm-up", height=256, width=256, num_inference_steps=2, seed=0, progress_bar_cmd=_quiet)
+            log.info("compiled and warmed the %s DiT", name)
+        self.pipe.dit = self.dits["turbo"]
+
+    # -- use ---------------------------------------------------------------------------------
+
+    def use(self, model: str) -> StreamingZImagePipeline:
+        """Point the pipeline at one DiT. A pointer swap: nothing is reloaded."""
+        self.pipe.dit = self.dits[model]
+        return self.pipe
+
+
+def _quiet(iterable):
+    return iterable

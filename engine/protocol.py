@@ -1,0 +1,219 @@
+"""The contract between the bot process and the engine process.
+
+This is the only module both sides import, so it imports nothing heavy: no torch, no
+diffsynth, no PIL. Every message is a plain dataclass; `encode`/`decode` turn one into a
+self-delimiting frame for a pipe or socket:
+
+    frame  := u32 header_length | header (UTF-8 JSON) | blob 0 | blob 1 | ...
+    header := {"v": PROTOCOL_VERSION, "type": <class name>, "fields": {...}, "blobs": [len, ...]}
+
+`bytes` fields (images) travel as raw blobs after the header instead of being base64'd into
+the JSON, so a 10 MB PNG costs 10 MB on the wire.
+
+Verbs:
+    bot -> engine:  Job, Cancel (the running job stops at its next step), Shutdown
+    engine -> bot:  Ready (once, after the models are loaded), Progress (per step),
+                    then exactly one Result or Failure per Job
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import struct
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+PROTOCOL_VERSION = 1
+MAX_FRAME_BYTES = 512 * 1024 * 1024  # far above any real message; a bigger length means a corrupt stream
+
+
+class JobKind(StrEnum):
+    TXT2IMG = "txt2img"
+    IMG2IMG = "img2img"
+    CONTROL = "control"
+    UPSCALE = "upscale"
+
+
+class ModelName(StrEnum):
+    TURBO = "turbo"
+    BASE = "base"
+
+
+class FailureKind(StrEnum):
+    BAD_INPUT = "bad_input"  # the request itself is wrong: say so, do not retry
+    OUT_OF_MEMORY = "out_of_memory"  # the GPU ran out; a smaller request may work
+    MISSING_WEIGHTS = "missing_weights"  # the operator must run `python -m engine download`
+    INTERNAL = "internal"  # a bug or a broken model; logged with traceback in the engine
+    CANCELLED = "cancelled"  # a Cancel message stopped the job
+
+
+@dataclass
+class Job:
+    """One unit of GPU work. Fields left as None take the model's defaults (see engine/modes.py)."""
+
+    job_id: str
+    kind: str = JobKind.TXT2IMG
+    prompt: str = ""
+    negative_prompt: str = ""
+    model: str = ModelName.TURBO
+    width: int = 1024
+    height: int = 1024
+    steps: int | None = None  # Turbo 8, Base 30
+    cfg: float | None = None  # Turbo 1.0, Base 4.0
+    seed: int | None = None  # None: the engine draws one and reports it
+    count: int = 1  # 1-4 images, seeds seed, seed+1, ...
+    denoise: float = 1.0  # img2img / refine strength in (0, 1]
+    input_image: bytes | None = None  # img2img source, control image, or image to upscale
+    control_mode: str | None = None  # canny, depth, pose, ... or "none" (input already is a map)
+    control_strength: float = 0.8
+    lora: str | None = None  # a LoRA file name the operator installed
+    lora_strength: float = 1.0
+    scale: int = 4  # upscale factor, 2 or 4
+    refine: bool = False  # upscale: Turbo img2img pass over the upscaled image
+    preview_every: int = 0  # send a latent preview JPEG every N steps; 0 = never
+
+
+@dataclass
+class Progress:
+    job_id: str
+    step: int  # 1-based step just finished, over all images of the job
+    total: int  # steps of all images of the job together
+    preview_jpeg: bytes | None = None  # small, cheap latent->RGB approximation, no VAE
+
+
+@dataclass
+class Result:
+    job_id: str
+    images: list[bytes]  # PNG files, each carrying its parameters in text chunks
+    parameters: dict[str, Any]  # what was actually used: model, steps, cfg, size, seeds, ...
+    timings: dict[str, float]  # seconds per stage: text_encode, denoise, vae_decode, total, ...
+    extra_images: dict[str, bytes] = field(default_factory=dict)  # e.g. {"control_map": PNG}
+
+
+@dataclass
+class Failure:
+    job_id: str
+    kind: str  # a FailureKind
+    message: str  # written for a Discord user: what went wrong and what to do
+
+
+@dataclass
+class Ready:
+    device: str
+    models: str  # "zimage" or "tiny"
+    protocol: int = PROTOCOL_VERSION
+    limits: dict[str, Any] = field(default_factory=dict)  # size bounds etc. the bot may pre-check
+
+
+@dataclass
+class Cancel:
+    job_id: str
+
+
+@dataclass
+class Shutdown:
+    pass
+
+
+MESSAGE_TYPES: dict[str, type] = {
+    cls.__name__: cls for cls in (Job, Progress, Result, Failure, Ready, Cancel, Shutdown)
+}
+Message = Job | Progress | Result | Failure | Ready | Cancel | Shutdown
+
+
+class ProtocolError(Exception):
+    pass
+
+
+def _strip_blobs(value: Any, blobs: list[bytes]) -> Any:
+    if isinstance(value, bytes):
+        blobs.append(value)
+        return {"$blob": len(blobs) - 1}
+    if isinstance(value, dict):
+        return {key: _strip_blobs(item, blobs) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strip_blobs(item, blobs) for item in value]
+    return value
+
+
+def _restore_blobs(value: Any, blobs: list[bytes]) -> Any:
+    if isinstance(value, dict):
+        if value.keys() == {"$blob"}:
+            return blobs[value["$blob"]]
+        return {key: _restore_blobs(item, blobs) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_restore_blobs(item, blobs) for item in value]
+    return value
+
+
+def encode(message: Message) -> bytes:
+    blobs: list[bytes] = []
+    fields = {f.name: _strip_blobs(getattr(message, f.name), blobs) for f in dataclasses.fields(message)}
+    header = {"v": PROTOCOL_VERSION, "type": type(message).__name__, "fields": fields, "blobs": [len(b) for b in blobs]}
+    header_bytes = json.dumps(header, separators=(",", ":")).encode()
+    return b"".join([struct.pack(">I", len(header_bytes)), header_bytes, *blobs])
+
+
+def decode_header(header_bytes: bytes) -> dict[str, Any]:
+    header = json.loads(header_bytes)
+    if header.get("v") != PROTOCOL_VERSION:
+        raise ProtocolError(f"protocol version {header.get('v')} != {PROTOCOL_VERSION}: bot and engine differ")
+    if header.get("type") not in MESSAGE_TYPES:
+        raise ProtocolError(f"unknown message type {header.get('type')!r}")
+    return header
+
+
+def build_message(header: dict[str, Any], blobs: list[bytes]) -> Message:
+    cls = MESSAGE_TYPES[header["type"]]
+    known = {f.name for f in dataclasses.fields(cls)}
+    fields = {k: _restore_blobs(v, blobs) for k, v in header["fields"].items() if k in known}
+    return cls(**fields)
+
+
+def read_message(stream) -> Message | None:
+    """Read one frame from a blocking binary stream; None at a clean end of stream."""
+    prefix = stream.read(4)
+    if not prefix:
+        return None
+    if len(prefix) < 4:
+        raise ProtocolError("stream ended inside a frame")
+    (header_length,) = struct.unpack(">I", prefix)
+    if header_length > MAX_FRAME_BYTES:
+        raise ProtocolError(f"frame header of {header_length} bytes: corrupt stream")
+    header = decode_header(_read_exactly(stream, header_length))
+    blobs = [_read_exactly(stream, n) for n in header["blobs"]]
+    return build_message(header, blobs)
+
+
+async def read_message_async(reader) -> Message | None:
+    """Read one frame from an asyncio.StreamReader; None at a clean end of stream."""
+    import asyncio
+
+    try:
+        prefix = await reader.readexactly(4)
+    except asyncio.IncompleteReadError as exc:
+        if not exc.partial:
+            return None
+        raise ProtocolError("stream ended inside a frame") from exc
+    (header_length,) = struct.unpack(">I", prefix)
+    if header_length > MAX_FRAME_BYTES:
+        raise ProtocolError(f"frame header of {header_length} bytes: corrupt stream")
+    try:
+        header = decode_header(await reader.readexactly(header_length))
+        blobs = [await reader.readexactly(n) for n in header["blobs"]]
+    except asyncio.IncompleteReadError as exc:
+        raise ProtocolError("stream ended inside a frame") from exc
+    return build_message(header, blobs)
+
+
+def _read_exactly(stream, n: int) -> bytes:
+    chunks = []
+    while n:
+        chunk = stream.read(n)
+        if not chunk:
+            raise ProtocolError("stream ended inside a frame")
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)

@@ -1,0 +1,117 @@
+"""The tiny Z-Image: random weights in DiffSynth's own classes, small enough for a CPU.
+
+It is how developers and CI run every command without a GPU or a download. `build_tiny_weights`
+writes it to safetensors files plus a tokenizer folder, deterministically from a fixed seed,
+and `engine.models.tiny_manifest` points the normal loading code at those files, so the path
+real weights take (ModelPool.load_model_file -> pipeline) is the path the tests exercise.
+
+The VAE is the real Flux VAE architecture (random weights): shrinking it would change the
+latent layout the pipeline relies on, and at 64x64 it costs little.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from diffsynth.models.flux_vae import FluxVAEDecoder, FluxVAEEncoder
+from diffsynth.models.z_image_dit import ZImageDiT
+from diffsynth.models.z_image_text_encoder import ZImageTextEncoder
+from safetensors.torch import save_file
+from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3Model
+
+TINY_SEED = 20261123
+TINY_FORMAT = 1  # bump when the recipe changes, so cached files are rebuilt
+
+TINY_DIT_KWARGS = dict(
+    dim=64, n_layers=2, n_refiner_layers=1, n_heads=4, n_kv_heads=4, cap_feat_dim=64, axes_dims=[4, 6, 6]
+)
+TINY_TEXT_ENCODER_KWARGS = dict(
+    hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16
+)
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }} {{ m['content'] }}<|im_end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant {% endif %}"
+)
+SPECIAL_TOKENS = ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>"]
+CHARACTERS = "abcdefghijklmnopqrstuvwxyz0123456789 ,.!?-'"  # with SPECIAL_TOKENS: 47 ids < vocab_size 64
+
+
+class TinyTextEncoder(ZImageTextEncoder):
+    """ZImageTextEncoder around a two-layer Qwen3 (the real one is a 4B Qwen3)."""
+
+    def __init__(self, vocab_size: int = 64, **qwen_kwargs):
+        torch.nn.Module.__init__(self)
+        config = dict(TINY_TEXT_ENCODER_KWARGS, **qwen_kwargs)
+        self.model = Qwen3Model(Qwen3Config(vocab_size=vocab_size, **config))
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """Character-level, so different prompts really give different embeddings."""
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
+
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
+    for char in CHARACTERS:
+        vocab.setdefault(char, len(vocab))
+    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+    )
+    wrapped.chat_template = CHAT_TEMPLATE
+    return wrapped
+
+
+def _random_state_dict(module: torch.nn.Module, scale: float = 1.0) -> dict[str, torch.Tensor]:
+    return {name: (tensor * scale).contiguous() for name, tensor in module.state_dict().items()}
+
+
+def build_tiny_weights(directory: Path) -> Path:
+    """Write the tiny model's files into `directory` (idempotent) and return it."""
+    directory = Path(directory)
+    stamp = directory / "tiny.json"
+    if stamp.exists() and json.loads(stamp.read_text()).get("format") == TINY_FORMAT:
+        return directory
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer = tiny_tokenizer()
+    # Two DiTs from different seeds stand for Turbo and Base; the tests check the swap is real.
+    for index, name in enumerate(("dit_turbo", "dit_base")):
+        torch.manual_seed(TINY_SEED + index)
+        save_file(_random_state_dict(ZImageDiT(**TINY_DIT_KWARGS)), directory / f"{name}.safetensors")
+    torch.manual_seed(TINY_SEED + 10)
+    save_file(
+        _random_state_dict(TinyTextEncoder()), directory / "text_encoder.safetensors"
+    )
+    torch.manual_seed(TINY_SEED + 20)
+    vae = {f"encoder.{k}": v for k, v in _random_state_dict(FluxVAEEncoder(use_conv_attention=False)).items()}
+    vae |= {f"decoder.{k}": v for k, v in _random_state_dict(FluxVAEDecoder(use_conv_attention=False)).items()}
+    save_file(vae, directory / "vae.safetensors")
+    tokenizer.save_pretrained(directory / "tokenizer")
+    # Written last: a half-built folder (killed process) is rebuilt next time.
+    tmp = stamp.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"format": TINY_FORMAT, "seed": TINY_SEED}))
+    os.replace(tmp, stamp)
+    return directory
+
+
+def split_vae_state_dict(prefix: str):
+    """A state-dict converter that takes one half of the tiny VAE file (real VAE files hold both too)."""
+
+    def convert(state_dict):
+        return {key[len(prefix) :]: state_dict[key] for key in state_dict if key.startswith(prefix)}
+
+    return convert
+
+
+def tiny_vae_encoder_converter(state_dict):
+    return split_vae_state_dict("encoder.")(state_dict)
+
+
+def tiny_vae_decoder_converter(state_dict):
+    return split_vae_state_dict("decoder.")(state_dict)

@@ -1,0 +1,130 @@
+"""The engine process loop: read Jobs from stdin, run one at a time, answer on stdout.
+
+stdout carries protocol frames only: at start-up the real stdout fd is kept for frames and
+fd 1 is pointed at stderr, so anything a library prints (DiffSynth prints a lot) goes to the
+log instead of corrupting the stream. A reader thread keeps reading stdin while a job runs,
+so a Cancel reaches the running job at its next step.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import queue
+import sys
+import threading
+import traceback
+
+from engine import protocol
+from engine.protocol import Cancel, Failure, FailureKind, Job, Progress, Ready, Shutdown
+
+log = logging.getLogger("engine.worker")
+
+
+class FrameWriter:
+    def __init__(self, stream):
+        self.stream = stream
+        self.lock = threading.Lock()
+
+    def send(self, message: protocol.Message) -> None:
+        frame = protocol.encode(message)
+        with self.lock:
+            self.stream.write(frame)
+            self.stream.flush()
+
+
+def claim_stdout_for_frames():
+    """Return a binary stream on the original stdout and send fd 1 (and sys.stdout) to stderr."""
+    frames = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return frames
+
+
+def out_of_memory_failure(job: Job) -> Failure:
+    return Failure(
+        job.job_id,
+        FailureKind.OUT_OF_MEMORY,
+        f"The GPU ran out of memory for {job.count} image(s) at {job.width}x{job.height}. "
+        "Try a smaller size or fewer images.",
+    )
+
+
+class Worker:
+    def __init__(self, options, limits, writer: FrameWriter):
+        self.options = options
+        self.limits = limits
+        self.writer = writer
+        self.jobs: queue.Queue = queue.Queue()
+        self.cancelled: set[str] = set()
+        self.pooled = None
+
+    def read_forever(self, stream) -> None:
+        """Reader thread: Jobs go to the queue, Cancels mark a job, end of stream stops the loop."""
+        try:
+            while True:
+                message = protocol.read_message(stream)
+                if message is None or isinstance(message, Shutdown):
+                    break
+                if isinstance(message, Cancel):
+                    self.cancelled.add(message.job_id)
+                else:
+                    self.jobs.put(message)
+        except Exception:
+            log.exception("reading the control stream failed")
+        self.jobs.put(None)
+
+    def run(self, stdin) -> int:
+        from engine.models import MissingWeightsError
+        from engine.pipeline import PooledPipeline
+
+        try:
+            self.pooled = PooledPipeline(self.options).load()
+        except MissingWeightsError as exc:
+            log.error("%s", exc)
+            self.writer.send(Failure("", FailureKind.MISSING_WEIGHTS, str(exc)))
+            return 3
+        self.writer.send(Ready(self.pooled.device, self.options.models, limits=self.limits.as_dict()))
+        threading.Thread(target=self.read_forever, args=(stdin,), daemon=True, name="engine-reader").start()
+        while (job := self.jobs.get()) is not None:
+            if job.job_id in self.cancelled:
+                self.writer.send(Failure(job.job_id, FailureKind.CANCELLED, "Cancelled."))
+                continue
+            self.writer.send(self.handle(job))
+        return 0
+
+    def handle(self, job: Job):
+        import torch
+
+        from engine.modes import BadInput, Cancelled, run_image_job
+
+        def on_progress(step: int, total: int, preview: bytes | None) -> None:
+            if job.job_id in self.cancelled:
+                raise Cancelled()
+            self.writer.send(Progress(job.job_id, step, total, preview))
+
+        try:
+            return run_image_job(self.pooled, job, self.limits, on_progress)
+        except BadInput as exc:
+            return Failure(job.job_id, FailureKind.BAD_INPUT, str(exc))
+        except Cancelled:
+            return Failure(job.job_id, FailureKind.CANCELLED, "Cancelled while running.")
+        except torch.OutOfMemoryError:
+            log.warning("out of memory on job %s (%sx%s x%s)", job.job_id, job.width, job.height, job.count)
+            gc.collect()
+            torch.cuda.empty_cache()
+            return out_of_memory_failure(job)
+        except Exception:
+            log.error("job %s failed:\n%s", job.job_id, traceback.format_exc())
+            return Failure(
+                job.job_id, FailureKind.INTERNAL, "The engine hit an internal error; the operator can find it in the logs."
+            )
+        finally:
+            self.cancelled.discard(job.job_id)
+
+
+def serve(options, limits) -> int:
+    frames = claim_stdout_for_frames()
+    worker = Worker(options, limits, FrameWriter(frames))
+    return worker.run(sys.stdin.buffer)
