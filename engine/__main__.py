@@ -55,14 +55,16 @@ def cmd_generate(args) -> int:
 
         resolve_parameters(job, limits)  # refuse bad input before loading anything
         pooled = PooledPipeline(_engine_options(args)).load()
-        result = run_image_job(pooled, job, limits, lambda step, total, _: print(f"step {step}/{total}", file=sys.stderr))
+        result = run_image_job(
+            pooled, job, limits, lambda step, total, _: print(f"step {step}/{total}", file=sys.stderr)
+        )
     except BadInput as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except MissingWeightsError as exc:
         print(exc, file=sys.stderr)
         return 3
-    for path, png in zip(_output_paths(Path(args.out), len(result.images)), result.images):
+    for path, png in zip(_output_paths(Path(args.out), len(result.images)), result.images, strict=True):
         path.write_bytes(png)
         print(path)
     seeds = ", ".join(str(s) for s in result.parameters["seeds"])

@@ -89,7 +89,9 @@ def latent_preview_jpeg(latents: torch.Tensor, max_side: int = 256) -> bytes:
     rgb = ((rgb + 1) * 127.5).clamp(0, 255).to(torch.uint8).numpy()
     image = Image.fromarray(rgb, "RGB")
     scale = max_side / max(image.size)
-    image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.BILINEAR)
+    image = image.resize(
+        (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.BILINEAR
+    )
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=70)
     return buffer.getvalue()

@@ -91,7 +91,7 @@ class MissingWeightsError(Exception):
         lines = ["Model weights are missing:"] + [f"  - {item}" for item in missing]
         if detail:
             lines.append(detail)
-        lines.append(f"Fetch them with: {DOWNLOAD_COMMAND}   (or set [engine] models = \"tiny\" to try without them)")
+        lines.append(f'Fetch them with: {DOWNLOAD_COMMAND}   (or set [engine] models = "tiny" to try without them)')
         super().__init__("\n".join(lines))
 
 
@@ -122,7 +122,9 @@ def resolve(models: str, components: tuple[Component, ...] | None = None) -> dic
     resolved, missing = {}, []
     for component in components or ZIMAGE_COMPONENTS:
         try:
-            folder = Path(snapshot_download(component.repo_id, allow_patterns=[component.pattern], local_files_only=True))
+            folder = Path(
+                snapshot_download(component.repo_id, allow_patterns=[component.pattern], local_files_only=True)
+            )
             paths = _component_paths(folder, component)
         except Exception:  # LocalEntryNotFoundError and friends: nothing of this repo is cached
             paths = []

@@ -80,7 +80,9 @@ def resolve_parameters(job: Job, limits: Limits) -> dict:
         if not limits.min_side <= side <= limits.max_side:
             raise BadInput(f"The {name} {side} is outside {limits.min_side}-{limits.max_side} pixels.")
     if width * height > limits.max_pixels:
-        raise BadInput(f"{width}x{height} is {width * height / 1e6:.1f} MP; the limit is {limits.max_pixels / 1e6:.1f} MP.")
+        raise BadInput(
+            f"{width}x{height} is {width * height / 1e6:.1f} MP; the limit is {limits.max_pixels / 1e6:.1f} MP."
+        )
     defaults = MODEL_DEFAULTS[ModelName(job.model)]
     steps = defaults["steps"] if job.steps is None else int(job.steps)
     max_steps = limits.max_steps[ModelName(job.model)]
@@ -130,7 +132,7 @@ def run_image_job(
     for seed in params["seeds"]:
         marks = {"call": time.perf_counter()}
 
-        def stepping(timesteps):
+        def stepping(timesteps, marks=marks):
             nonlocal done_steps
             total = len(timesteps) * params["count"]
             synchronize()

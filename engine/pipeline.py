@@ -18,7 +18,7 @@ from diffsynth.models.model_loader import ModelPool
 from diffsynth.pipelines.z_image import ZImagePipeline
 from transformers import AutoTokenizer
 
-from engine.models import Component, ZIMAGE_COMPONENTS, resolve, tiny_components
+from engine.models import ZIMAGE_COMPONENTS, Component, resolve, tiny_components
 
 log = logging.getLogger("engine.pipeline")
 
@@ -106,7 +106,13 @@ class PooledPipeline:
         if self.options.compile:
             self.compile()
         self.load_seconds = time.perf_counter() - start
-        log.info("pipeline ready on %s (%s) in %.1f s, low_vram=%s", self.device, self.dtype, self.load_seconds, self.low_vram)
+        log.info(
+            "pipeline ready on %s (%s) in %.1f s, low_vram=%s",
+            self.device,
+            self.dtype,
+            self.load_seconds,
+            self.low_vram,
+        )
         return self
 
     def _wants_low_vram(self) -> bool:

@@ -29,7 +29,12 @@ TINY_DIT_KWARGS = dict(
     dim=64, n_layers=2, n_refiner_layers=1, n_heads=4, n_kv_heads=4, cap_feat_dim=64, axes_dims=[4, 6, 6]
 )
 TINY_TEXT_ENCODER_KWARGS = dict(
-    hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
 )
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }} {{ m['content'] }}<|im_end|>{% endfor %}"
@@ -85,9 +90,7 @@ def build_tiny_weights(directory: Path) -> Path:
         torch.manual_seed(TINY_SEED + index)
         save_file(_random_state_dict(ZImageDiT(**TINY_DIT_KWARGS)), directory / f"{name}.safetensors")
     torch.manual_seed(TINY_SEED + 10)
-    save_file(
-        _random_state_dict(TinyTextEncoder()), directory / "text_encoder.safetensors"
-    )
+    save_file(_random_state_dict(TinyTextEncoder()), directory / "text_encoder.safetensors")
     torch.manual_seed(TINY_SEED + 20)
     vae = {f"encoder.{k}": v for k, v in _random_state_dict(FluxVAEEncoder(use_conv_attention=False)).items()}
     vae |= {f"decoder.{k}": v for k, v in _random_state_dict(FluxVAEDecoder(use_conv_attention=False)).items()}

@@ -76,10 +76,12 @@ class Worker:
         self.jobs.put(None)
 
     def run(self, stdin) -> int:
-        from engine.models import MissingWeightsError
-        from engine.pipeline import PooledPipeline
+        from engine.models import MissingWeightsError, resolve
 
         try:
+            resolve(self.options.models)  # fail fast, before the heavy imports
+            from engine.pipeline import PooledPipeline
+
             self.pooled = PooledPipeline(self.options).load()
         except MissingWeightsError as exc:
             log.error("%s", exc)
@@ -118,7 +120,9 @@ class Worker:
         except Exception:
             log.error("job %s failed:\n%s", job.job_id, traceback.format_exc())
             return Failure(
-                job.job_id, FailureKind.INTERNAL, "The engine hit an internal error; the operator can find it in the logs."
+                job.job_id,
+                FailureKind.INTERNAL,
+                "The engine hit an internal error; the operator can find it in the logs.",
             )
         finally:
             self.cancelled.discard(job.job_id)

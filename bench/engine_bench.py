@@ -1,0 +1,168 @@
+"""Benchmark the engine on one GPU with the full-size random-weight Z-Image.
+
+    python bench/engine_bench.py [--out results.json] [--compile] [--steps-base 30]
+
+Random weights cost what the real ones cost, so the numbers compare with the reference
+(`/work/shared/reference/bench_random_zimage.py`, DESIGN.md "Performance references").
+Whole images go through `engine.modes.run_image_job`, so our own overheads (PNG encode,
+parameter handling, progress callbacks) are included. CUDA-synchronized; warm-up 1, median of 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+# DESIGN.md, H100, DiffSynth 2.1.12, 1024x1024 Turbo 8 steps, seconds.
+REFERENCE = {
+    "turbo_1024_8step_eager_s": 1.476,
+    "turbo_1024_8step_compiled_s": 1.034,
+    "turbo_1024_8step_target_s": 0.80,
+    "dit_step_1024_eager_s": 0.160,
+    "dit_step_1024_compiled_s": 0.107,
+    "text_encode_s": 0.11,
+    "vae_decode_1024_s": 0.090,
+    "base_1024_30step_cfg4_eager_s": 9.9,
+    "base_1024_30step_cfg4_target_s": 6.0,
+    "peak_mem_GiB_turbo": 24.6,
+}
+
+
+def sync_time(fn, n: int = 3, warm: int = 1) -> dict:
+    for _ in range(warm):
+        fn()
+    times = []
+    for _ in range(n):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return {"median_s": round(statistics.median(times), 4), "runs_s": [round(t, 4) for t in times]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    default_out = (
+        Path(os.environ["OUT"]) / "engine_bench.json" if os.environ.get("OUT") else ROOT / "bench/engine_bench.json"
+    )
+    parser.add_argument("--out", type=Path, default=default_out)
+    parser.add_argument("--compile", action="store_true", help="also measure after pooled.compile()")
+    parser.add_argument("--steps-base", type=int, default=30)
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("engine_bench needs a CUDA GPU", file=sys.stderr)
+        return 2
+
+    from diffsynth.pipelines.z_image import ZImageUnit_PromptEmbedder, model_fn_z_image_turbo
+
+    from engine.modes import Limits, run_image_job
+    from engine.protocol import Job
+    from engine.random_full import BENCH_PROMPT, build_random_full_pipeline
+
+    results: dict = {"torch": torch.__version__, "gpu": torch.cuda.get_device_name(0), "reference_h100": REFERENCE}
+    try:
+        from diffsynth.core.attention import attention as A
+
+        results["attention"] = dict(
+            fa3=A.FLASH_ATTN_3_AVAILABLE,
+            fa2=A.FLASH_ATTN_2_AVAILABLE,
+            sage=A.SAGE_ATTN_AVAILABLE,
+            xformers=A.XFORMERS_AVAILABLE,
+        )
+    except Exception as exc:  # informative only
+        results["attention"] = repr(exc)
+
+    def record(key, value):
+        results[key] = value
+        print(f"{key}: {value}", file=sys.stderr, flush=True)
+
+    start = time.perf_counter()
+    pooled = build_random_full_pipeline("cuda")
+    pipe, device, limits = pooled.pipe, pooled.device, Limits()
+    torch.cuda.synchronize()
+    record("build_s", round(time.perf_counter() - start, 1))
+    record("dit_params_B", round(sum(p.numel() for p in pooled.dits["turbo"].parameters()) / 1e9, 3))
+
+    # Stages, each alone.
+    embedder = ZImageUnit_PromptEmbedder()
+    with torch.no_grad():
+        embeds = embedder.encode_prompt(pipe, BENCH_PROMPT, device)[0]
+        record("prompt_tokens_unpadded", int(embeds.shape[0]))
+        record("text_encode_s", sync_time(lambda: embedder.encode_prompt(pipe, BENCH_PROMPT, device)))
+        latents = torch.randn(1, 16, 128, 128, device=device, dtype=pooled.dtype)
+        timestep = torch.tensor([500.0], device=device, dtype=pooled.dtype)
+
+        def dit_step():
+            return model_fn_z_image_turbo(
+                pooled.dits["turbo"], latents=latents, timestep=timestep, prompt_embeds=embeds
+            )
+
+        record("dit_step_1024_eager_s", sync_time(dit_step))
+        record("vae_decode_1024_s", sync_time(lambda: pipe.vae_decoder(latents)))
+
+    # Whole images through the engine's job path.
+    def image(model: str, steps: int, cfg: float):
+        job = Job(
+            job_id="bench", prompt=BENCH_PROMPT, negative_prompt="blurry", model=model,
+            width=1024, height=1024, steps=steps, cfg=cfg, seed=42,
+        )  # fmt: skip
+        last = {}
+
+        def run():
+            last["result"] = run_image_job(pooled, job, limits, lambda *_: None)
+
+        timing = sync_time(run) if model == "turbo" else sync_time(run, n=1)
+        timing["stages_s"] = {k: round(v, 4) for k, v in last["result"].timings.items()}  # of the last run
+        timing["png_bytes"] = len(last["result"].images[0])
+        return timing
+
+    def run_turbo():
+        run_image_job(pooled, Job(job_id="bench", prompt=BENCH_PROMPT, width=1024, height=1024, seed=42), limits)
+
+    torch.cuda.reset_peak_memory_stats()
+    record("turbo_1024_8step_eager", image("turbo", 8, 1.0))
+    record("peak_mem_GiB_turbo", round(torch.cuda.max_memory_allocated() / 2**30, 2))
+    record(f"base_1024_{args.steps_base}step_cfg4_eager", image("base", args.steps_base, 4.0))
+    record("peak_mem_GiB_all", round(torch.cuda.max_memory_allocated() / 2**30, 2))
+
+    if args.compile:
+        start = time.perf_counter()
+        pooled.compile()  # regional compile of both DiTs + a 256x256 warm-up image each
+        torch.cuda.synchronize()
+        record("compile_s", round(time.perf_counter() - start, 1))
+        record("turbo_1024_first_compiled_call_s", sync_time(run_turbo, n=1, warm=0)["median_s"])  # may recompile
+        record("turbo_1024_8step_compiled", image("turbo", 8, 1.0))
+        with torch.no_grad():
+            record("dit_step_1024_compiled_s", sync_time(dit_step))
+
+    # FLOP floor of one DiT step at 1024x1024 (linear + attention), as the reference computes it.
+    d, layers, ff = 3840, 30 + 2, 10240
+    seq = 4096 + int(embeds.shape[0])
+    flops = 2 * seq * (4 * d * d + 3 * d * ff) * layers + 4 * seq * seq * d * layers
+    record("dit_step_TFLOP", round(flops / 1e12, 1))
+    record("dit_step_eager_TFLOPs_achieved", round(flops / 1e12 / results["dit_step_1024_eager_s"]["median_s"]))
+    if args.compile:
+        record(
+            "dit_step_compiled_TFLOPs_achieved", round(flops / 1e12 / results["dit_step_1024_compiled_s"]["median_s"])
+        )
+
+    print(json.dumps(results, indent=1))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
