@@ -80,8 +80,14 @@ def cmd_serve(args) -> int:
 
 
 def cmd_download(args) -> int:
-    from engine.models import ZIMAGE_COMPONENTS, MissingWeightsError, download
+    from engine.models import ZIMAGE_COMPONENTS, MissingWeightsError, download, resolve
 
+    if args.if_missing:
+        try:
+            resolve("zimage")
+            return 0
+        except MissingWeightsError:
+            pass
     total = sum(c.size_gb for c in ZIMAGE_COMPONENTS)
     print(f"Downloading Z-Image weights (~{total:.0f} GB) into the Hugging Face cache; re-run to resume.")
     try:
@@ -119,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.set_defaults(handler=cmd_serve)
 
     fetch = commands.add_parser("download", help="fetch all real weights into the HF cache")
+    fetch.add_argument("--if-missing", action="store_true", help="do nothing when every file is already cached")
     fetch.set_defaults(handler=cmd_download)
 
     args = parser.parse_args(argv)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import random
 import struct
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -115,6 +116,95 @@ class Cancel:
 @dataclass
 class Shutdown:
     pass
+
+
+# -- what a valid job is: checked by the bot before queueing and by the engine before running --
+
+MODEL_DEFAULTS = {ModelName.TURBO: {"steps": 8, "cfg": 1.0}, ModelName.BASE: {"steps": 30, "cfg": 4.0}}
+MAX_SEED = 2**32 - 1
+
+
+class BadInput(Exception):
+    """The request is wrong; the message says how, for the user who sent it."""
+
+
+@dataclass
+class Limits:
+    min_side: int = 512
+    max_side: int = 2048
+    max_pixels: int = 4_200_000
+    max_steps: dict | None = None  # per model; default below
+    min_cfg: float = 1.0
+    max_cfg: float = 15.0
+    max_prompt_chars: int = 2000
+    max_count: int = 4
+
+    def __post_init__(self):
+        if self.max_steps is None:
+            self.max_steps = {ModelName.TURBO: 50, ModelName.BASE: 100}
+
+    @classmethod
+    def for_models(cls, models: str) -> Limits:
+        # The tiny model exists to run fast on a CPU: let it go small.
+        return cls(min_side=64) if models == "tiny" else cls()
+
+    def as_dict(self) -> dict:
+        return {
+            "min_side": self.min_side, "max_side": self.max_side, "max_pixels": self.max_pixels,
+            "max_steps": dict(self.max_steps), "min_cfg": self.min_cfg, "max_cfg": self.max_cfg,
+            "max_prompt_chars": self.max_prompt_chars, "max_count": self.max_count,
+        }  # fmt: skip
+
+
+def resolve_parameters(job: Job, limits: Limits) -> dict:
+    """Check every field and fill in defaults; the returned dict is what the image will record."""
+    if job.kind not in (JobKind.TXT2IMG, JobKind.IMG2IMG):
+        raise BadInput(f"This engine cannot run {job.kind!r} jobs yet.")
+    if job.model not in MODEL_DEFAULTS:
+        raise BadInput(f"Unknown model {job.model!r}: choose turbo or base.")
+    prompt = (job.prompt or "").strip()
+    if not prompt:
+        raise BadInput("The prompt is empty: describe the image you want.")
+    if len(prompt) > limits.max_prompt_chars:
+        raise BadInput(f"The prompt is {len(prompt)} characters; the limit is {limits.max_prompt_chars}.")
+    if len(job.negative_prompt or "") > limits.max_prompt_chars:
+        raise BadInput(f"The negative prompt is over {limits.max_prompt_chars} characters.")
+    width, height = int(job.width), int(job.height)
+    for name, side in (("width", width), ("height", height)):
+        if side % 16:
+            raise BadInput(f"The {name} {side} is not a multiple of 16.")
+        if not limits.min_side <= side <= limits.max_side:
+            raise BadInput(f"The {name} {side} is outside {limits.min_side}-{limits.max_side} pixels.")
+    if width * height > limits.max_pixels:
+        raise BadInput(
+            f"{width}x{height} is {width * height / 1e6:.1f} MP; the limit is {limits.max_pixels / 1e6:.1f} MP."
+        )
+    defaults = MODEL_DEFAULTS[ModelName(job.model)]
+    steps = defaults["steps"] if job.steps is None else int(job.steps)
+    max_steps = limits.max_steps[ModelName(job.model)]
+    if not 1 <= steps <= max_steps:
+        raise BadInput(f"Steps must be between 1 and {max_steps} for {job.model}; got {steps}.")
+    cfg = defaults["cfg"] if job.cfg is None else float(job.cfg)
+    if not limits.min_cfg <= cfg <= limits.max_cfg:
+        raise BadInput(f"CFG must be between {limits.min_cfg} and {limits.max_cfg}; got {cfg}.")
+    if not 1 <= job.count <= limits.max_count:
+        raise BadInput(f"Count must be between 1 and {limits.max_count}; got {job.count}.")
+    seed = random.randint(0, MAX_SEED - limits.max_count) if job.seed is None else int(job.seed)
+    if not 0 <= seed <= MAX_SEED - job.count + 1:
+        raise BadInput(f"The seed must be between 0 and {MAX_SEED - job.count + 1}.")
+    denoise = float(job.denoise)
+    if job.kind == JobKind.IMG2IMG:
+        if job.input_image is None:
+            raise BadInput("img2img needs an input image.")
+        if not 0.0 < denoise <= 1.0:
+            raise BadInput(f"Denoise strength must be in (0, 1]; got {denoise}.")
+    else:
+        denoise = 1.0
+    return {
+        "kind": str(job.kind), "prompt": prompt, "negative_prompt": job.negative_prompt or "",
+        "model": str(job.model), "width": width, "height": height, "steps": steps, "cfg": cfg,
+        "seed": seed, "seeds": [seed + i for i in range(job.count)], "count": job.count, "denoise": denoise,
+    }  # fmt: skip
 
 
 MESSAGE_TYPES: dict[str, type] = {

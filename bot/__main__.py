@@ -1,0 +1,74 @@
+"""`python -m bot [--config config.toml]`: the launcher. It owns the lifetimes of the database
+and the engine process, fetches real weights on first run, and turns a bad token into one line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import subprocess
+import sys
+
+import discord
+
+from bot.bot import create_bot
+from bot.config import ConfigError, load_config
+from bot.engine_client import EngineClient
+from bot.store import JobStore
+
+log = logging.getLogger("bot")
+
+
+def fetch_weights_if_missing() -> bool:
+    """Run `python -m engine download --if-missing` (progress bars on the terminal)."""
+    command = [sys.executable, "-m", "engine", "download", "--if-missing"]
+    return subprocess.run(command, check=False).returncode == 0
+
+
+async def run(config, token: str) -> None:
+    async with JobStore(config.data_path) as store:
+        engine = EngineClient(
+            config.engine.models, device=config.engine.device, compile=config.engine.compile,
+            low_vram=config.engine.low_vram,
+        )  # fmt: skip
+        bot = create_bot(config, store=store, engine=engine)
+        try:
+            async with bot:
+                await bot.start(token)
+        finally:
+            await engine.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bot", description="The Z-Image Discord bot.")
+    parser.add_argument("--config", default="config.toml", help="path to config.toml (default: ./config.toml)")
+    args = parser.parse_args(argv)
+    discord.utils.setup_logging(level=logging.INFO)
+    try:
+        config = load_config(args.config if os.path.exists(args.config) or args.config != "config.toml" else None)
+    except ConfigError as exc:
+        print(f"Configuration error: {exc}", file=sys.stderr)
+        return 2
+    token = os.environ.get("DISCORD_TOKEN", "").strip()
+    if not token:
+        print("DISCORD_TOKEN is not set: export the bot token from the Discord developer portal.", file=sys.stderr)
+        return 2
+    if config.engine.models == "zimage" and config.engine.download_on_start and not fetch_weights_if_missing():
+        print('The model weights could not be fetched (see above). Fix that, or set [engine] models = "tiny".')
+        return 3
+    try:
+        asyncio.run(run(config, token))
+    except discord.LoginFailure:
+        print("Discord rejected DISCORD_TOKEN: copy a fresh token from the developer portal (Bot > Reset Token).")
+        return 2
+    except discord.PrivilegedIntentsRequired:
+        print("Discord refused the gateway intents this bot asked for.", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

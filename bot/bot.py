@@ -1,0 +1,104 @@
+"""ZImageBot: the commands.Bot subclass, and `create_bot(config)` that builds it without connecting."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sys
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.config import Config
+from bot.engine_client import EngineClient
+from bot.jobs import ExternalWait, JobService
+from bot.store import JobStore
+from bot.views import DYNAMIC_ITEMS
+
+log = logging.getLogger("bot")
+
+INITIAL_EXTENSIONS = ("cogs.imagine",)
+
+
+class ZImageBot(commands.Bot):
+    def __init__(self, config: Config, store: JobStore, engine: EngineClient, external_wait: ExternalWait | None):
+        intents = discord.Intents.default()  # slash commands and buttons need no privileged intents
+        super().__init__(command_prefix=commands.when_mentioned, intents=intents, help_command=None)
+        self.config = config
+        self.store = store
+        self.engine = engine
+        self.jobs = JobService(self, store, engine, config, external_wait=external_wait)
+        self.tree.on_error = self.on_app_command_error
+
+    async def setup_hook(self) -> None:
+        if self.store.db is None:
+            await self.store.open()
+        for extension in INITIAL_EXTENSIONS:
+            try:
+                await self.load_extension(extension)
+            except Exception:
+                log.exception("failed to load extension %s", extension)
+        self.add_dynamic_items(*DYNAMIC_ITEMS)
+        if self.engine.process is None:
+            await self.engine.start()  # returns at once; models load in the engine process meanwhile
+        await self.jobs.recover()
+        self.jobs.start()
+        await self.sync_commands_if_changed()
+
+    async def close(self) -> None:
+        await self.jobs.stop()
+        await super().close()
+
+    async def sync_commands_if_changed(self) -> bool:
+        """Sync only when the command set changed: Discord caps command creates per day."""
+        guild = discord.Object(self.config.discord.dev_guild_id) if self.config.discord.dev_guild_id else None
+        if guild is not None:
+            self.tree.copy_global_to(guild=guild)
+        commands_json = json.dumps([c.to_dict(self.tree) for c in self.tree.get_commands(guild=guild)], sort_keys=True)
+        digest = hashlib.sha256(f"{guild and guild.id}:{commands_json}".encode()).hexdigest()
+        marker = self.store.data_dir / "commands.sha256"
+        if marker.exists() and marker.read_text() == digest:
+            return False
+        await self.tree.sync(guild=guild)
+        marker.write_text(digest)
+        log.info(
+            "synced %s application commands %s", len(self.tree.get_commands(guild=guild)), guild and "to dev guild"
+        )
+        return True
+
+    async def on_app_command_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError):
+        if isinstance(error, app_commands.CheckFailure):
+            message = str(error) or "You can't use this command here."
+        else:
+            log.error("command %s failed", interaction.command and interaction.command.name, exc_info=error)
+            message = "Something went wrong on our side; the operator can find it in the bot's log."
+        send = interaction.followup.send if interaction.response.is_done() else interaction.response.send_message
+        try:
+            await send(message, ephemeral=True)
+        except discord.HTTPException:
+            pass
+
+
+def create_bot(
+    config: Config,
+    *,
+    store: JobStore | None = None,
+    engine: EngineClient | None = None,
+    external_wait: ExternalWait | None = None,
+) -> ZImageBot:
+    """Build the whole bot without connecting. The caller owns (and closes) store and engine."""
+    store = store or JobStore(config.data_path)
+    engine = engine or EngineClient(
+        config.engine.models,
+        device=config.engine.device,
+        compile=config.engine.compile,
+        low_vram=config.engine.low_vram,
+    )
+    return ZImageBot(config, store, engine, external_wait)
+
+
+def torch_is_loaded() -> bool:
+    """The bot process must never import torch; checks and tests ask this."""
+    return "torch" in sys.modules

@@ -1,0 +1,126 @@
+"""`config.toml`: the operator's settings, validated at start with messages that name the bad key.
+
+Secrets never live here: DISCORD_TOKEN (and HF_TOKEN for gated downloads) come from the
+environment. An unknown key is an error, not a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(Exception):
+    pass
+
+
+@dataclass
+class DiscordConfig:
+    dev_guild_id: int = 0  # sync commands to this guild only (instant); 0 = globally
+    max_upload_bytes: int = 0  # 0 = the guild's own limit (10 MiB unboosted); set lower to force the fallback
+
+
+@dataclass
+class EngineConfig:
+    models: str = "zimage"  # "zimage" (real weights, fetched on first run) or "tiny" (no GPU, no download)
+    device: str = "auto"
+    compile: bool = False
+    low_vram: str = "auto"  # auto | on | off
+    download_on_start: bool = True  # fetch missing real weights before starting the engine
+
+
+@dataclass
+class StorageConfig:
+    data_dir: str = "data"  # SQLite database, inputs and results
+
+
+@dataclass
+class QueueConfig:
+    per_user: int = 3
+    total: int = 50
+
+
+@dataclass
+class ImagineConfig:
+    default_model: str = "turbo"
+    target_pixels: int = 0  # area the aspect choices aim at; 0 = ~1 MP (64x64 with the tiny model: ~256x256)
+    progress_interval: float = 1.5  # seconds between status-message edits (Discord rate limits edits)
+    preview_every: int = 2  # latent preview every N steps; 0 = no previews
+    vary_strength: float = 0.6
+
+
+@dataclass
+class Config:
+    discord: DiscordConfig = field(default_factory=DiscordConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    imagine: ImagineConfig = field(default_factory=ImagineConfig)
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.storage.data_dir)
+
+    @property
+    def target_pixels(self) -> int:
+        if self.imagine.target_pixels:
+            return self.imagine.target_pixels
+        return 256 * 256 if self.engine.models == "tiny" else 1024 * 1024
+
+
+CHOICES = {
+    ("engine", "models"): ("zimage", "tiny"),
+    ("engine", "low_vram"): ("auto", "on", "off"),
+    ("imagine", "default_model"): ("turbo", "base"),
+}
+POSITIVE = {("queue", "per_user"), ("queue", "total"), ("imagine", "progress_interval")}
+
+
+def _section(cls, name: str, raw: dict[str, Any]):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    known = {f.name: f for f in fields(cls)}
+    values = {}
+    for key, value in raw.items():
+        if key not in known:
+            raise ConfigError(f"unknown key {name}.{key} (known: {', '.join(sorted(known))})")
+        expected = type(known[key].default)
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not expected:
+            raise ConfigError(f"{name}.{key} must be a {expected.__name__}, not {type(value).__name__} ({value!r})")
+        if (name, key) in CHOICES and value not in CHOICES[(name, key)]:
+            raise ConfigError(f"{name}.{key} must be one of {', '.join(CHOICES[(name, key)])}; got {value!r}")
+        if (name, key) in POSITIVE and value <= 0:
+            raise ConfigError(f"{name}.{key} must be positive; got {value!r}")
+        values[key] = value
+    return cls(**values)
+
+
+def parse_config(raw: dict[str, Any]) -> Config:
+    sections = {f.name: f.default_factory for f in fields(Config)}
+    parsed = {}
+    for name, value in raw.items():
+        if name not in sections:
+            raise ConfigError(f"unknown section [{name}] (known: {', '.join(sections)})")
+        parsed[name] = _section(type(sections[name]()), name, value)
+    return Config(**parsed)
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Read and validate a config file; None or a missing default file gives the defaults."""
+    if path is None:
+        return Config()
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    try:
+        return parse_config(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

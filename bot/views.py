@@ -1,0 +1,176 @@
+"""Buttons that survive restarts: each is a DynamicItem whose custom_id carries the job id.
+
+Their state is in the store, not in memory, so a click on a week-old result after two
+restarts works the same as a click a second after it was posted.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import discord
+
+from bot.jobs import JobRequest, Refused
+from bot.render import info_embed
+
+ID = r"(?P<job>[0-9a-f]{6,16})"
+
+
+def _service(interaction: discord.Interaction):
+    return interaction.client.jobs
+
+
+async def _finished_job(interaction: discord.Interaction, job_id: str):
+    job = await _service(interaction).store.get_job(job_id)
+    if job is None or job.state != "done":
+        await interaction.response.send_message("That result is no longer in the bot's records.", ephemeral=True)
+        return None
+    return job
+
+
+async def _queue_follow_up(interaction: discord.Interaction, request: JobRequest, what: str) -> None:
+    service = _service(interaction)
+    try:
+        submitted = await service.submit(request)
+    except Refused as exc:
+        await interaction.response.send_message(str(exc), ephemeral=True)
+        return
+    await interaction.response.send_message(
+        f"{what} queued — position {submitted.position}, ETA {submitted.eta} (job `{submitted.job.id}`)",
+        view=status_view(submitted.job.id),
+    )
+    message = await interaction.original_response()
+    await service.set_status_message(submitted.job.id, message.id)
+
+
+class RerollButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"zi:reroll:{ID}"):
+    def __init__(self, job_id: str):
+        super().__init__(discord.ui.Button(label="Reroll", emoji="🎲", custom_id=f"zi:reroll:{job_id}"))
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction, item, match: re.Match[str]):
+        return cls(match["job"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        job = await _finished_job(interaction, self.job_id)
+        if job is None:
+            return
+        params = {k: v for k, v in job.params.items() if k not in ("seed", "seeds")}
+        request = JobRequest(interaction.guild_id, interaction.channel_id, interaction.user.id, job.kind, params)
+        if job.input_path and Path(job.input_path).exists():
+            request.input_image = Path(job.input_path).read_bytes()
+        await _queue_follow_up(interaction, request, "Reroll")
+
+
+class VaryButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"zi:vary:{ID}:(?P<index>[0-3])"):
+    def __init__(self, job_id: str, index: int, label: str = "Vary"):
+        button = discord.ui.Button(label=label, emoji="🪄" if label == "Vary" else None)
+        button.custom_id = f"zi:vary:{job_id}:{index}"
+        super().__init__(button)
+        self.job_id = job_id
+        self.index = index
+
+    @classmethod
+    async def from_custom_id(cls, interaction, item, match: re.Match[str]):
+        return cls(match["job"], int(match["index"]), item.label or "Vary")
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        job = await _finished_job(interaction, self.job_id)
+        if job is None:
+            return
+        results = await _service(interaction).store.results_for(self.job_id)
+        if self.index >= len(results) or not Path(results[self.index].path).exists():
+            await interaction.response.send_message("That image is no longer stored.", ephemeral=True)
+            return
+        source = results[self.index]
+        strength = _service(interaction).config.imagine.vary_strength
+        params = {k: v for k, v in job.params.items() if k not in ("seed", "seeds")}
+        params |= {"count": 1, "denoise": strength, "source": [self.job_id, self.index]}
+        request = JobRequest(
+            interaction.guild_id, interaction.channel_id, interaction.user.id, "img2img", params,
+            input_image=Path(source.path).read_bytes(),
+        )  # fmt: skip
+        await _queue_follow_up(interaction, request, f"Variation of image {self.index + 1}")
+
+
+class InfoButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"zi:info:{ID}"):
+    def __init__(self, job_id: str):
+        super().__init__(discord.ui.Button(label="Info", emoji="ℹ️", custom_id=f"zi:info:{job_id}"))
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction, item, match: re.Match[str]):
+        return cls(match["job"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        job = await _finished_job(interaction, self.job_id)
+        if job is None:
+            return
+        await interaction.response.send_message(embed=info_embed(job.params, job.id), ephemeral=True)
+
+
+class DeleteButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"zi:delete:{ID}"):
+    def __init__(self, job_id: str):
+        button = discord.ui.Button(label="Delete", emoji="🗑️", style=discord.ButtonStyle.danger)
+        button.custom_id = f"zi:delete:{job_id}"
+        super().__init__(button)
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction, item, match: re.Match[str]):
+        return cls(match["job"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        job = await _service(interaction).store.get_job(self.job_id)
+        may_manage = interaction.permissions.manage_messages
+        if job is not None and job.user_id != interaction.user.id and not may_manage:
+            await interaction.response.send_message(
+                "Only the person who asked for this image, or a member with Manage Messages, can delete it.",
+                ephemeral=True,
+            )
+            return
+        await interaction.response.defer()
+        await interaction.message.delete()
+
+
+class CancelButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"zi:cancel:{ID}"):
+    def __init__(self, job_id: str):
+        button = discord.ui.Button(label="Cancel", style=discord.ButtonStyle.secondary)
+        button.custom_id = f"zi:cancel:{job_id}"
+        super().__init__(button)
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction, item, match: re.Match[str]):
+        return cls(match["job"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        may_cancel_others = bool(interaction.permissions.manage_guild)
+        reply = await _service(interaction).cancel(
+            self.job_id, interaction.user.id, may_cancel_others=may_cancel_others
+        )
+        await interaction.response.send_message(reply, ephemeral=True)
+
+
+DYNAMIC_ITEMS = (RerollButton, VaryButton, InfoButton, DeleteButton, CancelButton)
+
+
+def status_view(job_id: str) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(CancelButton(job_id))
+    return view
+
+
+def result_view(job_id: str, count: int) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(RerollButton(job_id))
+    if count == 1:
+        view.add_item(VaryButton(job_id, 0))
+    else:
+        for index in range(count):
+            view.add_item(VaryButton(job_id, index, label=f"V{index + 1}"))
+    view.add_item(InfoButton(job_id))
+    view.add_item(DeleteButton(job_id))
+    return view
