@@ -140,6 +140,11 @@ class EngineClient:
                 raise EngineDead("the engine closed its input") from exc
             try:
                 return await future
+            except asyncio.CancelledError:
+                # The caller gave up (shutdown): free the engine for the next job.
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    self.process.stdin.write(protocol.encode(Cancel(job.job_id)))
+                raise
             finally:
                 self._current = None
 

@@ -168,6 +168,7 @@ class JobService:
     def start(self) -> None:
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._dispatch_forever(), name="job-dispatcher")
+            self._task.add_done_callback(_log_dispatcher_exit)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -293,6 +294,11 @@ class JobService:
         if fresh and fresh.status_message_id:
             with contextlib.suppress(discord.HTTPException):
                 await channel.get_partial_message(fresh.status_message_id).delete()
+
+
+def _log_dispatcher_exit(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the job dispatcher stopped", exc_info=task.exception())
 
 
 def _engine_fields(params: dict[str, Any]) -> dict[str, Any]:

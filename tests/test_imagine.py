@@ -1,0 +1,119 @@
+"""/imagine end to end: real discord.py bot, offline Discord (simcord), real tiny engine process."""
+
+import io
+
+import pytest
+from PIL import Image
+
+from tests.discord_harness import discord_world
+
+
+def png_parameters(data: bytes) -> str:
+    return Image.open(io.BytesIO(data)).text["parameters"]
+
+
+async def test_imagine_acknowledges_shows_progress_and_posts_a_result(engine_client, tmp_path):
+    async with discord_world(engine_client, tmp_path) as world:
+        result, job_id = await world.imagine(world.alice, prompt="a red cat", seed=1, steps=4)
+        assert result.acknowledged and not result.ephemeral
+        assert world.contents_sent()[0].startswith("Queued — position 1, ETA ")
+        status_id = result.response.message.id
+
+        job = await world.wait_job(job_id)
+        assert job.state == "done" and job.attempts == 1
+
+        posted = world.bot_messages()[-1]
+        assert posted.content == f"<@{world.alice.id}>"
+        data = await posted.attachments[0].read()
+        assert posted.attachments[0].filename.endswith(".png")
+        assert "Seed: 1" in png_parameters(data) and png_parameters(data).startswith("a red cat")
+        fields = {f.name: f.value for f in posted.embeds[0].fields}
+        assert fields["Seed"] == "1" and fields["Model"] == "Z-Image-Turbo" and fields["Steps · CFG"] == "4 · 1"
+        labels = [c.label for row in posted.components for c in row.children]
+        assert labels == ["Reroll", "Vary", "Info", "Delete"]
+
+        progress = [text for text in world.contents_sent() if "Generating… step" in text]
+        assert progress and progress[0].startswith("Generating… step 1/4"), world.contents_sent()
+        assert status_id not in [m.id for m in world.channel.history()]  # the status message gave way to the result
+
+
+async def test_reroll_vary_info_and_delete_buttons(engine_client, tmp_path):
+    async with discord_world(engine_client, tmp_path) as world:
+        _, job_id = await world.imagine(world.alice, prompt="a blue dog", seed=7, steps=3)
+        await world.wait_job(job_id)
+        original = world.bot_messages()[-1]
+
+        reroll = await world.bob.click(original, label="Reroll")
+        assert not reroll.ephemeral and any(text.startswith("Reroll queued") for text in world.contents_sent())
+        reroll_job = await world.wait_job(_job_of(reroll))
+        assert reroll_job.state == "done" and reroll_job.params["seed"] != 7 and reroll_job.user_id == world.bob.id
+        assert reroll_job.params["prompt"] == "a blue dog"
+
+        vary = await world.alice.click(original, label="Vary")
+        vary_job = await world.wait_job(_job_of(vary))
+        assert vary_job.state == "done" and vary_job.kind == "img2img" and vary_job.params["denoise"] == 0.6
+        assert vary_job.params["seed"] != 7
+
+        info = await world.bob.click(original, label="Info")
+        assert info.ephemeral
+        reproduce = {f.name: f.value for f in info.response.embeds[0].fields}["Reproduce"]
+        assert "/imagine prompt:a blue dog model:turbo aspect:1:1 seed:7 steps:3 cfg:1.0" in reproduce
+
+        refused = await world.bob.click(original, label="Delete")
+        assert refused.ephemeral and "Only the person who asked" in refused.response.content
+        assert original.id in [m.id for m in world.channel.history()]
+        await world.alice.click(original, label="Delete")
+        assert original.id not in [m.id for m in world.channel.history()]
+
+
+def _job_of(interaction_result) -> str:
+    from tests.discord_harness import JOB_ID
+
+    return JOB_ID.search(interaction_result.response.content).group(1)
+
+
+async def test_count_four_posts_a_grid_with_v_buttons(engine_client, tmp_path):
+    async with discord_world(engine_client, tmp_path) as world:
+        _, job_id = await world.imagine(world.alice, prompt="a cat", seed=3, steps=2, count=4)
+        await world.wait_job(job_id)
+        posted = world.bot_messages()[-1]
+        grid = Image.open(io.BytesIO(await posted.attachments[0].read()))
+        assert grid.size == (128, 128)
+        labels = [c.label for row in posted.components for c in row.children]
+        assert labels == ["Reroll", "V1", "V2", "V3", "V4", "Info", "Delete"]
+        assert {f.name: f.value for f in posted.embeds[0].fields}["Seeds"] == "3, 4, 5, 6"
+        results = await world.bot.store.results_for(job_id)
+        assert [r.seed for r in results] == [3, 4, 5, 6]
+        v3 = await world.alice.click(posted, label="V3")
+        varied = await world.wait_job(_job_of(v3))
+        assert varied.state == "done" and varied.params["source"] == [job_id, 2]
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(prompt="   "), "The prompt is empty"),
+        (dict(prompt="x" * 5000), "5000 characters"),
+        (dict(prompt="a cat", steps=0), "Steps must be between 1 and 50"),
+        (dict(prompt="a cat", steps=500), "Steps must be between 1 and 50"),
+        (dict(prompt="a cat", cfg=99.0), "CFG must be between"),
+        (dict(prompt="a cat", count=5), "Count must be between 1 and 4"),
+    ],
+)
+async def test_bad_input_gets_an_ephemeral_message_and_queues_nothing(engine_client, tmp_path, options, message):
+    async with discord_world(engine_client, tmp_path) as world:
+        result, _ = await world.imagine(world.alice, **options)
+        assert result.ephemeral and message in result.response.content, result.response.content
+        assert len(world.bot.jobs.queue) == 0
+        assert await world.bot.store.jobs_in_state("queued", "running", "done", "failed") == []
+
+
+async def test_small_upload_limit_falls_back_to_webp_or_jpeg(engine_client, tmp_path):
+    async with discord_world(engine_client, tmp_path, discord={"max_upload_bytes": 2500}) as world:
+        _, job_id = await world.imagine(world.alice, prompt="a red cat", seed=1, steps=2, count=4)
+        await world.wait_job(job_id)
+        posted = world.bot_messages()[-1]
+        attachment = posted.attachments[0]
+        assert attachment.filename.endswith((".webp", ".jpg"))
+        assert attachment.size <= 2500
+        assert "sent as" in posted.embeds[0].footer.text
