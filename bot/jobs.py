@@ -97,6 +97,10 @@ class JobService:
         self.external_wait = external_wait or _no_external_wait
         self.running: _Running | None = None
         self._task: asyncio.Task | None = None
+        # Monotonic marks per job (submitted, sent_to_engine, result, posted): bench/bot_overhead.py reads them.
+        self.marks: dict[str, dict[str, float]] = {}
+        self._dispatching = asyncio.Event()  # cleared by pause(): jobs wait in the queue
+        self._dispatching.set()
 
     # -- admission ----------------------------------------------------------------------------
 
@@ -125,7 +129,13 @@ class JobService:
         except Exception:
             self.queue.cancel(job_id)
             raise
+        self._mark(job_id, "submitted")
         return Submitted(record, position, self.eta_text(job_id))
+
+    def _mark(self, job_id: str, event: str) -> None:
+        if len(self.marks) > 1000:  # keep the recent ones only
+            self.marks.pop(next(iter(self.marks)))
+        self.marks.setdefault(job_id, {})[event] = time.monotonic()
 
     def eta_text(self, job_id: str) -> str:
         return format_eta(self.estimator.eta(self.queue, job_id, self._running_remaining()))
@@ -170,6 +180,13 @@ class JobService:
             self._task = asyncio.create_task(self._dispatch_forever(), name="job-dispatcher")
             self._task.add_done_callback(_log_dispatcher_exit)
 
+    def pause(self) -> None:
+        """Hold jobs in the queue (the running one finishes); for maintenance and for tests."""
+        self._dispatching.clear()
+
+    def resume(self) -> None:
+        self._dispatching.set()
+
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
@@ -179,6 +196,8 @@ class JobService:
 
     async def _dispatch_forever(self) -> None:
         while True:
+            if not self._dispatching.is_set():
+                await self.external_wait(self._dispatching.wait(), "paused")
             queued = await self.external_wait(self.queue.get(), "job queue")
             try:
                 await self._run(queued)
@@ -205,8 +224,10 @@ class JobService:
             text = "Cancelled." if state == "cancelled" else f"<@{job.user_id}> that failed: {outcome.message}"
             await self._edit_status(job, content=text, view=None, attachments=[])
             return
+        self._mark(job.id, "result")
         self.estimator.record(job.kind, queued.cost, outcome.timings.get("total", 0.0))
         await self._deliver(job, outcome)
+        self._mark(job.id, "posted")
 
     async def _run_on_engine(self, job: JobRecord):
         input_image = Path(job.input_path).read_bytes() if job.input_path else None
@@ -223,6 +244,7 @@ class JobService:
             await self.store.update_job(job.id, state="running", attempts=attempts, started_at=time.time())
             await self._edit_status(job, content=f"Starting on the GPU… (job `{job.id}`)")
             try:
+                self._mark(job.id, "sent_to_engine")
                 return await self.external_wait(self.engine.run(request, self._progress_handler(job)), "engine")
             except EngineDead:
                 log.warning("job %s: the engine died (attempt %d)", job.id, attempts)

@@ -107,9 +107,15 @@ class _Rotation:
         guild = self.guilds.get(job.guild_id)
         if guild is None:
             guild = self.guilds[job.guild_id] = _GuildLane(self.last_served_round, self._seq())
+        elif not any(lane.jobs for lane in guild.users.values()):
+            guild.rounds = max(guild.rounds, self.last_served_round)
         user = guild.users.get(job.user_id)
         if user is None:
             user = guild.users[job.user_id] = _UserLane(guild.last_served_round, self._seq())
+        elif not user.jobs:
+            # A user whose last job was just taken keeps their turn count: their next job
+            # waits behind someone who has not been served yet.
+            user.rounds = max(user.rounds, guild.last_served_round)
         user.jobs.append(job)
 
     def remove(self, job: QueuedJob) -> None:
@@ -117,8 +123,10 @@ class _Rotation:
         self._drop_if_empty(job.guild_id, job.user_id)
 
     def pop_next(self) -> QueuedJob:
-        guild_id, guild = min(self.guilds.items(), key=lambda item: (item[1].rounds, item[1].seq))
-        user_id, user = min(guild.users.items(), key=lambda item: (item[1].rounds, item[1].seq))
+        waiting = [(gid, g) for gid, g in self.guilds.items() if any(lane.jobs for lane in g.users.values())]
+        guild_id, guild = min(waiting, key=lambda item: (item[1].rounds, item[1].seq))
+        ready = [(uid, u) for uid, u in guild.users.items() if u.jobs]
+        user_id, user = min(ready, key=lambda item: (item[1].rounds, item[1].seq))
         job = user.jobs.popleft()
         guild.last_served_round = user.rounds
         user.rounds, user.seq = user.rounds + 1, self._seq()
@@ -128,10 +136,13 @@ class _Rotation:
         return job
 
     def _drop_if_empty(self, guild_id: int | None, user_id: int) -> None:
+        # An empty lane is kept while it remembers a turn count above what a newcomer would get;
+        # past that it carries no information and is dropped (memory stays bounded by activity).
         guild = self.guilds[guild_id]
-        if not guild.users[user_id].jobs:
-            del guild.users[user_id]
-        if not guild.users:
+        for uid in [uid for uid, lane in guild.users.items() if not lane.jobs]:
+            if guild.users[uid].rounds <= guild.last_served_round:
+                del guild.users[uid]
+        if not any(lane.jobs for lane in guild.users.values()) and guild.rounds <= self.last_served_round:
             del self.guilds[guild_id]
 
     def clone(self) -> _Rotation:

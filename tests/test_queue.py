@@ -219,3 +219,13 @@ async def test_eta_sums_running_remainder_jobs_ahead_and_own_run():
 )
 def test_format_eta(seconds: float | None, text: str):
     assert format_eta(seconds) == text
+
+
+async def test_a_user_whose_first_job_went_straight_to_the_gpu_waits_behind_a_newcomer():
+    queue = FairQueue()
+    await queue.put(QueuedJob("a1", user_id=1, guild_id=1, kind="txt2img"))
+    assert (await queue.get()).job_id == "a1"  # the engine was idle: A's first job starts at once
+    for job_id in ("a2", "a3"):
+        await queue.put(QueuedJob(job_id, user_id=1, guild_id=1, kind="txt2img"))
+    assert await queue.put(QueuedJob("b1", user_id=2, guild_id=1, kind="txt2img")) == 1
+    assert [(await queue.get()).job_id for _ in range(3)] == ["b1", "a2", "a3"]

@@ -1,0 +1,92 @@
+"""Config validation, the launcher's refusals, and the process split (no torch in the bot)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bot.config import ConfigError, load_config, parse_config
+from bot.render import ASPECTS, fit_upload, size_for_aspect
+
+
+def test_shipped_config_is_valid_and_defaults_to_real_weights():
+    config = load_config("config.toml")
+    assert config.engine.models == "zimage" and config.queue.per_user == 3 and config.queue.total == 50
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"engine": {"modles": "tiny"}}, "unknown key engine.modles"),
+        ({"engine": {"models": "sdxl"}}, "engine.models must be one of zimage, tiny"),
+        ({"queue": {"per_user": "3"}}, "queue.per_user must be a int"),
+        ({"queue": {"per_user": 0}}, "queue.per_user must be positive"),
+        ({"engin": {}}, "unknown section [engin]"),
+    ],
+)
+def test_bad_config_names_the_key(raw, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        parse_config(raw)
+
+
+def test_config_file_errors_name_the_file(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text("[engine\nmodels = 1")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(path)
+
+
+def run_bot(*args, env_overrides):
+    env = {k: v for k, v in os.environ.items() if k != "DISCORD_TOKEN"} | env_overrides
+    return subprocess.run([sys.executable, "-m", "bot", *args], capture_output=True, text=True, env=env, timeout=60)
+
+
+def test_missing_token_is_one_clear_line_and_a_nonzero_exit():
+    run = run_bot(env_overrides={})
+    assert run.returncode == 2
+    assert "DISCORD_TOKEN is not set" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_bad_config_key_stops_the_launcher_with_its_name(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text("[queue]\nper_usr = 3\n")
+    run = run_bot("--config", str(path), env_overrides={"DISCORD_TOKEN": "x"})
+    assert run.returncode == 2 and "unknown key queue.per_usr" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_the_bot_side_never_imports_torch_or_diffsynth():
+    code = (
+        "import sys, bot, cogs.imagine, bot.views, bot.jobs; from bot import create_bot, load_config;"
+        "create_bot(load_config('config.toml'));"
+        "print(sorted(m for m in ('torch', 'diffsynth', 'transformers') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_aspect_sizes_are_multiples_of_16_near_one_megapixel():
+    for aspect in ASPECTS:
+        width, height = size_for_aspect(aspect, 1024 * 1024)
+        assert width % 16 == 0 and height % 16 == 0
+        assert 0.9e6 < width * height < 1.15e6
+        w, h = (int(x) for x in aspect.split(":"))
+        assert abs(width / height - w / h) < 0.05
+
+
+def test_upload_fallback_chain_png_then_webp_then_jpeg():
+    import io
+    import random
+
+    from PIL import Image
+
+    rng = random.Random(0)
+    noise = Image.frombytes("RGB", (256, 256), bytes(rng.getrandbits(8) for _ in range(256 * 256 * 3)))
+    png = io.BytesIO()
+    noise.save(png, "PNG")
+    png = png.getvalue()
+    assert fit_upload(png, len(png), "x").filename == "x.png"
+    webp = fit_upload(png, int(len(png) * 0.8), "x")
+    assert webp.filename.endswith((".webp", ".jpg")) and len(webp.data) <= len(png) * 0.8 and webp.note
+    tiny = fit_upload(png, 4000, "x")
+    assert tiny.filename.endswith(".jpg") and len(tiny.data) <= 4000
