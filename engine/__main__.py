@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 def _engine_options(args):
-    from engine.pipeline import EngineOptions
+    from engine.options import EngineOptions
 
     return EngineOptions(models=args.models, device=args.device, compile=args.compile, low_vram=args.low_vram)
 
@@ -29,9 +29,7 @@ def _output_paths(out: Path, count: int) -> list[Path]:
 
 def cmd_generate(args) -> int:
     from engine.models import MissingWeightsError
-    from engine.modes import BadInput, Limits, run_image_job
-    from engine.pipeline import PooledPipeline
-    from engine.protocol import Job, JobKind
+    from engine.protocol import BadInput, Job, JobKind, Limits, resolve_parameters
 
     input_image = Path(args.input_image).read_bytes() if args.input_image else None
     job = Job(
@@ -51,9 +49,10 @@ def cmd_generate(args) -> int:
     )
     limits = Limits.for_models(args.models)
     try:
-        from engine.modes import resolve_parameters
+        resolve_parameters(job, limits)  # refuse bad input before the heavy imports
+        from engine.modes import run_image_job
+        from engine.pipeline import PooledPipeline
 
-        resolve_parameters(job, limits)  # refuse bad input before loading anything
         pooled = PooledPipeline(_engine_options(args)).load()
         result = run_image_job(
             pooled, job, limits, lambda step, total, _: print(f"step {step}/{total}", file=sys.stderr)
@@ -73,7 +72,7 @@ def cmd_generate(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from engine.modes import Limits
+    from engine.protocol import Limits
     from engine.worker import serve
 
     return serve(_engine_options(args), Limits.for_models(args.models))

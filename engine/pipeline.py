@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 
 import torch
 from diffsynth.diffusion.base_pipeline import ControlNetInput  # noqa: F401  (re-exported for modes)
@@ -19,6 +18,7 @@ from diffsynth.pipelines.z_image import ZImagePipeline
 from transformers import AutoTokenizer
 
 from engine.models import ZIMAGE_COMPONENTS, Component, resolve, tiny_components
+from engine.options import EngineOptions
 
 log = logging.getLogger("engine.pipeline")
 
@@ -31,15 +31,6 @@ def _timestep_embedding_in_weight_dtype(self, t):
 
 
 z_image_dit.TimestepEmbedder.forward = _timestep_embedding_in_weight_dtype
-
-
-@dataclass
-class EngineOptions:
-    models: str = "zimage"  # "zimage" (real weights) or "tiny"
-    device: str = "auto"  # auto, cuda, cuda:1, mps, cpu
-    compile: bool = False  # DiffSynth compile_pipeline() + a warm-up image per DiT
-    low_vram: str = "auto"  # auto | off | on: offload idle models to CPU (DiffSynth vram_config)
-    vram_limit_gb: float | None = None  # for low_vram; default: the card's memory minus 0.5 GB
 
 
 def pick_device(requested: str = "auto") -> str:

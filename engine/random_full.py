@@ -18,7 +18,8 @@ from diffsynth.models.z_image_dit import ZImageDiT
 from diffsynth.models.z_image_text_encoder import ZImageTextEncoder
 from transformers import PreTrainedTokenizerFast
 
-from engine.pipeline import EngineOptions, PooledPipeline
+from engine.options import EngineOptions
+from engine.pipeline import PooledPipeline
 from engine.tiny import CHAT_TEMPLATE, SPECIAL_TOKENS
 
 # The reference benchmark's prompt (~80 words), so timings compare with DESIGN.md's.

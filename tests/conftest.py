@@ -17,7 +17,8 @@ os.environ.setdefault(
 
 @pytest.fixture(scope="session")
 def tiny_pipeline():
-    from engine.pipeline import EngineOptions, PooledPipeline
+    from engine.options import EngineOptions
+    from engine.pipeline import PooledPipeline
 
     return PooledPipeline(EngineOptions(models="tiny")).load()
 
