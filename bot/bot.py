@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import sys
+import time
 
 import discord
 from discord import app_commands
@@ -14,12 +15,14 @@ from discord.ext import commands
 from bot.config import Config
 from bot.engine_client import EngineClient
 from bot.jobs import ExternalWait, JobService
+from bot.policy import Policy
+from bot.settings import GuildSettings
 from bot.store import JobStore
 from bot.views import DYNAMIC_ITEMS
 
 log = logging.getLogger("bot")
 
-INITIAL_EXTENSIONS = ("cogs.imagine",)
+INITIAL_EXTENSIONS = ("cogs.imagine", "cogs.admin", "cogs.queue")
 
 
 class ZImageBot(commands.Bot):
@@ -29,7 +32,10 @@ class ZImageBot(commands.Bot):
         self.config = config
         self.store = store
         self.engine = engine
-        self.jobs = JobService(self, store, engine, config, external_wait=external_wait)
+        self.clock = time.time  # one clock for job records and quotas; tests move it
+        self.jobs = JobService(self, store, engine, config, external_wait=external_wait, clock=lambda: self.clock())
+        self.guild_settings = GuildSettings(store, config)
+        self.policy = Policy(self.guild_settings, clock=lambda: self.clock())
         self.tree.on_error = self.on_app_command_error
 
     async def setup_hook(self) -> None:

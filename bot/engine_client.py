@@ -59,6 +59,10 @@ class EngineClient:
         self._tasks: set[asyncio.Task] = set()
         self._closing = False
         self._lock = asyncio.Lock()  # one job in flight
+        # Clear from sending a job until the engine's final answer for it, even when the caller gave
+        # up early: the next job is sent only to an idle engine, so answers can never cross.
+        self._engine_idle = asyncio.Event()
+        self._engine_idle.set()
 
     # -- lifetime -----------------------------------------------------------------------------
 
@@ -129,14 +133,17 @@ class EngineClient:
     async def run(self, job: Job, on_progress: ProgressHandler | None = None) -> Result | Failure:
         """Run one job; waits for the engine to be ready. Raises EngineDead if it dies meanwhile."""
         async with self._lock:
+            await self._engine_idle.wait()
             await self.wait_ready()
             future = asyncio.get_running_loop().create_future()
             self._current = (job.job_id, future, on_progress)
+            self._engine_idle.clear()
             try:
                 self.process.stdin.write(protocol.encode(job))
                 await self.process.stdin.drain()
             except (ConnectionResetError, BrokenPipeError) as exc:
                 self._current = None
+                self._engine_idle.set()
                 raise EngineDead("the engine closed its input") from exc
             try:
                 return await future
@@ -181,6 +188,8 @@ class EngineClient:
                 self.fatal = message.message
             log.error("engine cannot start: %s", message.message)
             return
+        if isinstance(message, Result | Failure):
+            self._engine_idle.set()
         current = self._current
         if current is None or current[0] != message.job_id:
             log.warning("engine message for job %s, which is not running", message.job_id)
@@ -200,6 +209,7 @@ class EngineClient:
         log.log(logging.INFO if self._closing else logging.ERROR, "engine exited with code %s", process.returncode)
         self.ready_info = None
         self._ready.clear()
+        self._engine_idle.set()
         if self._current and not self._current[1].done():
             self._current[1].set_exception(EngineDead(f"the engine exited with code {process.returncode}"))
         if self._closing:

@@ -85,6 +85,7 @@ class JobService:
         config: Config,
         queue: FairQueue | None = None,
         external_wait: ExternalWait | None = None,
+        clock: Callable[[], float] = time.time,
     ):
         self.client = client
         self.store = store
@@ -95,6 +96,7 @@ class JobService:
         self.limits = Limits.for_models(config.engine.models)
         # Tests (simcord) declare the dispatcher's long waits as external; in production it is a plain await.
         self.external_wait = external_wait or _no_external_wait
+        self.clock = clock  # wall-clock time of job records; injectable for quota tests
         self.running: _Running | None = None
         self._task: asyncio.Task | None = None
         # Monotonic marks per job (submitted, sent_to_engine, result, posted): bench/bot_overhead.py reads them.
@@ -116,7 +118,9 @@ class JobService:
             raise Refused(str(exc)) from None
         params = {**request.params, "seed": resolved["seed"], "steps": resolved["steps"], "cfg": resolved["cfg"]}
         params["seeds"] = resolved["seeds"]
-        record = JobRecord(job_id, request.guild_id, request.channel_id, request.user_id, request.kind, params)
+        record = JobRecord(
+            job_id, request.guild_id, request.channel_id, request.user_id, request.kind, params, created_at=self.clock()
+        )
         queued = QueuedJob(job_id, request.user_id, request.guild_id, request.kind, job_cost(params))
         try:
             position = await self.queue.put(queued, user_cap=request.user_cap)
@@ -295,12 +299,15 @@ class JobService:
         message = None
         for attempt_limit in (limit, limit // 2):  # a 413 despite our estimate: halve once and retry
             fitted = fit_upload(png, attempt_limit, f"zimage-{job.id}")
-            embed = result_embed(params, result.timings.get("total", 0.0), fitted.note, fitted.filename)
+            spoiler = bool(job.params.get("spoiler"))
+            embed = result_embed(
+                params, result.timings.get("total", 0.0), fitted.note, None if spoiler else fitted.filename
+            )
             try:
                 message = await channel.send(
                     f"<@{job.user_id}>",
                     embed=embed,
-                    file=discord.File(io.BytesIO(fitted.data), fitted.filename),
+                    file=discord.File(io.BytesIO(fitted.data), fitted.filename, spoiler=spoiler),
                     view=result_view(job.id, len(result.images)),
                     allowed_mentions=discord.AllowedMentions(users=True, roles=False, everyone=False),
                 )

@@ -103,7 +103,8 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def result_embed(params: dict, seconds: float, note: str | None, image_name: str) -> discord.Embed:
+def result_embed(params: dict, seconds: float, note: str | None, image_name: str | None) -> discord.Embed:
+    """The result card; image_name None leaves the picture out of the embed (spoilered results)."""
     embed = discord.Embed(description=_clip(params["prompt"], 1000), colour=discord.Colour.blurple())
     seeds = params.get("seeds") or [params["seed"]]
     embed.add_field(name="Seed" if len(seeds) == 1 else "Seeds", value=", ".join(map(str, seeds)))
@@ -115,7 +116,8 @@ def result_embed(params: dict, seconds: float, note: str | None, image_name: str
         embed.add_field(name="Vary strength", value=f"{params['denoise']:g}")
     if params.get("negative_prompt"):
         embed.add_field(name="Negative", value=_clip(params["negative_prompt"], 1000), inline=False)
-    embed.set_image(url=f"attachment://{image_name}")
+    if image_name:
+        embed.set_image(url=f"attachment://{image_name}")
     if note:
         embed.set_footer(text=note)
     return embed

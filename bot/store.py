@@ -145,6 +145,52 @@ class JobStore:
         async with self.db.execute(query, (user_id, guild_id, since)) as cursor:
             return sum(json.loads(row[0]).get("count", 1) for row in await cursor.fetchall())
 
+    async def last_job_time(self, user_id: int, guild_id: int | None) -> float | None:
+        query = "SELECT MAX(created_at) FROM jobs WHERE user_id = ? AND guild_id IS ? AND state != 'cancelled'"
+        async with self.db.execute(query, (user_id, guild_id)) as cursor:
+            (latest,) = await cursor.fetchone()
+        return latest
+
+    # -- guild settings -----------------------------------------------------------------------
+
+    async def guild_settings(self, guild_id: int) -> dict[str, Any]:
+        async with self.db.execute("SELECT key, value FROM guild_settings WHERE guild_id = ?", (guild_id,)) as cursor:
+            return {key: json.loads(value) for key, value in await cursor.fetchall()}
+
+    async def set_guild_setting(self, guild_id: int, key: str, value: Any, user_id: int) -> None:
+        old = (await self.guild_settings(guild_id)).get(key)
+        await self.db.execute(
+            "INSERT INTO guild_settings (guild_id, key, value) VALUES (?, ?, ?)"
+            " ON CONFLICT (guild_id, key) DO UPDATE SET value = excluded.value",
+            (guild_id, key, json.dumps(value)),
+        )
+        await self._record_change(guild_id, user_id, key, old, value)
+        await self.db.commit()
+
+    async def reset_guild_settings(self, guild_id: int, key: str | None, user_id: int) -> None:
+        current = await self.guild_settings(guild_id)
+        for name in [key] if key else list(current):
+            if name in current:
+                await self.db.execute("DELETE FROM guild_settings WHERE guild_id = ? AND key = ?", (guild_id, name))
+                await self._record_change(guild_id, user_id, name, current[name], None)
+        await self.db.commit()
+
+    async def _record_change(self, guild_id: int, user_id: int, key: str, old: Any, new: Any) -> None:
+        await self.db.execute(
+            "INSERT INTO settings_history (guild_id, user_id, key, old_value, new_value, changed_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (guild_id, user_id, key, json.dumps(old), json.dumps(new), time.time()),
+        )
+
+    async def settings_history(self, guild_id: int, limit: int = 10) -> list[dict[str, Any]]:
+        query = "SELECT * FROM settings_history WHERE guild_id = ? ORDER BY id DESC LIMIT ?"
+        async with self.db.execute(query, (guild_id, limit)) as cursor:
+            rows = await cursor.fetchall()
+        return [
+            dict(row) | {"old_value": json.loads(row["old_value"]), "new_value": json.loads(row["new_value"])}
+            for row in rows
+        ]
+
     # -- files and results --------------------------------------------------------------------
 
     def input_path(self, job_id: str) -> Path:

@@ -30,8 +30,12 @@ async def _finished_job(interaction: discord.Interaction, job_id: str):
 
 
 async def _queue_follow_up(interaction: discord.Interaction, request: JobRequest, what: str) -> None:
+    """Reroll and Vary: the clicker's own request, under the same guild rules as a command."""
     service = _service(interaction)
+    policy = interaction.client.policy
     try:
+        request.params = await policy.check(interaction, "imagine", request.params)
+        request.user_cap = await policy.user_cap(interaction.guild_id)
         submitted = await service.submit(request)
     except Refused as exc:
         await interaction.response.send_message(str(exc), ephemeral=True)

@@ -41,15 +41,17 @@ class Imagine(commands.Cog):
         cfg: float | None = None,
         count: int = 1,
     ) -> None:
-        config = self.bot.config
-        width, height = size_for_aspect(aspect, config.target_pixels)
+        width, height = size_for_aspect(aspect, self.bot.config.target_pixels)
         params = {
-            "prompt": prompt, "negative_prompt": negative or "", "model": model or config.imagine.default_model,
-            "aspect": aspect, "width": width, "height": height, "steps": steps, "cfg": cfg, "seed": seed,
-            "count": count,
+            "prompt": prompt, "negative_prompt": negative or "", "model": model, "aspect": aspect,
+            "width": width, "height": height, "steps": steps, "cfg": cfg, "seed": seed, "count": count,
         }  # fmt: skip
-        request = JobRequest(interaction.guild_id, interaction.channel_id, interaction.user.id, "txt2img", params)
         try:
+            params = await self.bot.policy.check(interaction, "imagine", params)
+            request = JobRequest(
+                interaction.guild_id, interaction.channel_id, interaction.user.id, "txt2img", params,
+                user_cap=await self.bot.policy.user_cap(interaction.guild_id),
+            )  # fmt: skip
             submitted = await self.bot.jobs.submit(request)
         except Refused as exc:
             await interaction.response.send_message(str(exc), ephemeral=True)

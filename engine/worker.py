@@ -58,6 +58,7 @@ class Worker:
         self.writer = writer
         self.jobs: queue.Queue = queue.Queue()
         self.cancelled: set[str] = set()
+        self.current_job_id: str | None = None
         self.pooled = None
 
     def read_forever(self, stream) -> None:
@@ -68,7 +69,9 @@ class Worker:
                 if message is None or isinstance(message, Shutdown):
                     break
                 if isinstance(message, Cancel):
-                    self.cancelled.add(message.job_id)
+                    # Only the running job: a late Cancel must not poison the same job sent again later.
+                    if message.job_id == self.current_job_id:
+                        self.cancelled.add(message.job_id)
                 else:
                     self.jobs.put(message)
         except Exception:
@@ -90,10 +93,10 @@ class Worker:
         self.writer.send(Ready(self.pooled.device, self.options.models, limits=self.limits.as_dict()))
         threading.Thread(target=self.read_forever, args=(stdin,), daemon=True, name="engine-reader").start()
         while (job := self.jobs.get()) is not None:
-            if job.job_id in self.cancelled:
-                self.writer.send(Failure(job.job_id, FailureKind.CANCELLED, "Cancelled."))
-                continue
-            self.writer.send(self.handle(job))
+            self.current_job_id = job.job_id
+            outcome = self.handle(job)
+            self.current_job_id = None
+            self.writer.send(outcome)
         return 0
 
     def handle(self, job: Job):

@@ -95,9 +95,10 @@ async def test_count_four_posts_a_grid_with_v_buttons(engine_client, tmp_path):
         (dict(prompt="   "), "The prompt is empty"),
         (dict(prompt="x" * 5000), "5000 characters"),
         (dict(prompt="a cat", steps=0), "Steps must be between 1 and 50"),
-        (dict(prompt="a cat", steps=500), "Steps must be between 1 and 50"),
+        (dict(prompt="a cat", steps=500), "at most 50 steps for turbo"),
         (dict(prompt="a cat", cfg=99.0), "CFG must be between"),
-        (dict(prompt="a cat", count=5), "Count must be between 1 and 4"),
+        (dict(prompt="a cat", count=5), "at most 4 image(s) per command"),
+        (dict(prompt="a cat", count=0), "Count must be between 1 and 4"),
     ],
 )
 async def test_bad_input_gets_an_ephemeral_message_and_queues_nothing(engine_client, tmp_path, options, message):

@@ -1,0 +1,109 @@
+"""Policy: the guild's rules, checked before anything is queued (commands and buttons alike).
+
+Each refusal says which limit applied and, for quotas and cooldowns, when it lifts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import discord
+import regex
+
+from bot.jobs import Refused
+from bot.queue import format_eta
+from bot.settings import REGEX_TIMEOUT, GuildSettings
+
+DEFAULT_STEPS = {"turbo": 8, "base": 30}
+
+
+def start_of_utc_day(now: float) -> float:
+    moment = datetime.fromtimestamp(now, UTC)
+    return moment.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+
+
+class Policy:
+    def __init__(self, settings: GuildSettings, clock: Callable[[], float] = time.time):
+        self.settings = settings
+        self.clock = clock  # injectable: tests move it across the UTC midnight
+
+    async def check(self, interaction: discord.Interaction, command: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Raise Refused, or return params with this guild's defaults filled in (model, steps)."""
+        guild_id = interaction.guild_id
+        rules = await self.settings.all(guild_id)
+        if guild_id is not None:
+            self._check_place(interaction, command, rules)
+        params = dict(params)
+        if params.get("model") is None:
+            params["model"] = rules["default_model"]
+        max_steps = rules[f"max_steps_{params['model']}"] if params.get("model") in DEFAULT_STEPS else None
+        if max_steps is not None:
+            if params.get("steps") is None:
+                params["steps"] = min(DEFAULT_STEPS[params["model"]], max_steps)
+            elif params["steps"] > max_steps:
+                raise Refused(f"This server allows at most {max_steps} steps for {params['model']}.")
+        if "width" in params and params["width"] * params["height"] > rules["max_megapixels"] * 1e6 + 1:
+            size = f"{params['width']}×{params['height']}"
+            raise Refused(f"This server allows images up to {rules['max_megapixels']:g} MP; {size} is larger.")
+        if params.get("count", 1) > rules["max_images"]:
+            raise Refused(f"This server allows at most {rules['max_images']} image(s) per command.")
+        self._check_blocklist(params, rules)
+        params["spoiler"] = rules["spoiler"]
+        await self._check_pace(interaction.user.id, guild_id, params.get("count", 1), rules)
+        return params
+
+    async def user_cap(self, guild_id: int | None) -> int:
+        return await self.settings.get(guild_id, "max_queued")
+
+    def _check_place(self, interaction: discord.Interaction, command: str, rules: dict[str, Any]) -> None:
+        if rules["channels"] and interaction.channel_id not in rules["channels"]:
+            places = ", ".join(f"<#{c}>" for c in rules["channels"])
+            raise Refused(f"On this server I make images only in {places}.")
+        if command not in rules["commands"]:
+            raise Refused(f"/{command} is turned off on this server.")
+        if rules["roles"]:
+            member_roles = {role.id for role in getattr(interaction.user, "roles", [])}
+            if not member_roles & set(rules["roles"]):
+                roles = ", ".join(f"<@&{r}>" for r in rules["roles"])
+                raise Refused(f"On this server only members with {roles} can make images.")
+
+    def _check_blocklist(self, params: dict[str, Any], rules: dict[str, Any]) -> None:
+        texts = [params.get("prompt") or "", params.get("negative_prompt") or ""]
+        for word in rules["blocked_words"]:
+            pattern = r"(?<!\w)" + regex.escape(word) + r"(?!\w)"
+            if any(regex.search(pattern, text, regex.IGNORECASE) for text in texts):
+                raise Refused(f"Your prompt contains a word this server blocks ({word!r}).")
+        for pattern in rules["blocked_patterns"]:
+            for text in texts:
+                try:
+                    matched = regex.search(pattern, text, regex.IGNORECASE, timeout=REGEX_TIMEOUT)
+                except TimeoutError:
+                    raise Refused(
+                        "Your prompt could not be checked against this server's filters; shorten it."
+                    ) from None
+                if matched:
+                    raise Refused("Your prompt matches a pattern this server blocks.")
+
+    async def _check_pace(self, user_id: int, guild_id: int | None, count: int, rules: dict[str, Any]) -> None:
+        now = self.clock()
+        store = self.settings.store
+        if rules["cooldown"]:
+            last = await store.last_job_time(user_id, guild_id)
+            if last is not None and now - last < rules["cooldown"]:
+                wait = rules["cooldown"] - (now - last)
+                raise Refused(
+                    f"Slow down: you can ask again in {format_eta(wait).lstrip('~')} (cooldown {rules['cooldown']} s)."
+                )
+        quota = rules["daily_quota"]
+        if quota:
+            day_start = start_of_utc_day(now)
+            used = await store.count_user_images_since(user_id, guild_id, day_start)
+            if used + count > quota:
+                resets_in = day_start + timedelta(days=1).total_seconds() - now
+                raise Refused(
+                    f"You've used {used} of your {quota} images today on this server; the quota resets at "
+                    f"00:00 UTC (in {format_eta(resets_in).lstrip('~')})."
+                )
