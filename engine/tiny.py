@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3Model
 
 TINY_SEED = 20261123
-TINY_FORMAT = 1  # bump when the recipe changes, so cached files are rebuilt
+TINY_FORMAT = 2  # bump when the recipe changes, so cached files are rebuilt
 
 TINY_DIT_KWARGS = dict(
     dim=64, n_layers=2, n_refiner_layers=1, n_heads=4, n_kv_heads=4, cap_feat_dim=64, axes_dims=[4, 6, 6]
@@ -77,6 +77,16 @@ def _random_state_dict(module: torch.nn.Module, scale: float = 1.0) -> dict[str,
     return {name: (tensor * scale).contiguous() for name, tensor in module.state_dict().items()}
 
 
+def _tiny_dit() -> ZImageDiT:
+    dit = ZImageDiT(**TINY_DIT_KWARGS)
+    # ZImageDiT creates its pad tokens with torch.empty: left alone they hold whatever was in
+    # memory (1e28 one run, 0 the next), so the tiny model would not be reproducible.
+    with torch.no_grad():
+        dit.x_pad_token.normal_(std=0.02)
+        dit.cap_pad_token.normal_(std=0.02)
+    return dit
+
+
 def build_tiny_weights(directory: Path) -> Path:
     """Write the tiny model's files into `directory` (idempotent) and return it."""
     directory = Path(directory)
@@ -88,7 +98,7 @@ def build_tiny_weights(directory: Path) -> Path:
     # Two DiTs from different seeds stand for Turbo and Base; the tests check the swap is real.
     for index, name in enumerate(("dit_turbo", "dit_base")):
         torch.manual_seed(TINY_SEED + index)
-        save_file(_random_state_dict(ZImageDiT(**TINY_DIT_KWARGS)), directory / f"{name}.safetensors")
+        save_file(_random_state_dict(_tiny_dit()), directory / f"{name}.safetensors")
     torch.manual_seed(TINY_SEED + 10)
     save_file(_random_state_dict(TinyTextEncoder()), directory / "text_encoder.safetensors")
     torch.manual_seed(TINY_SEED + 20)

@@ -122,3 +122,18 @@ def test_real_limits_require_at_least_512_and_cap_megapixels():
     with pytest.raises(BadInput, match="2.4 MP; the limit is 2.0 MP"):
         resolve_parameters(job(width=1536, height=1536), Limits(max_pixels=2_000_000))
     assert resolve_parameters(job(width=1024, height=1024), Limits())["width"] == 1024
+
+
+def test_tiny_weights_are_the_same_on_every_build(tiny_pipeline, tmp_path):
+    import hashlib
+
+    from engine.models import tiny_dir
+    from engine.tiny import build_tiny_weights
+
+    rebuilt = build_tiny_weights(tmp_path)
+    for name in ("dit_turbo", "dit_base", "text_encoder", "vae"):
+        digests = {
+            hashlib.sha256((folder / f"{name}.safetensors").read_bytes()).hexdigest()
+            for folder in (rebuilt, tiny_dir())
+        }
+        assert len(digests) == 1, name
