@@ -170,9 +170,10 @@ class FairQueue(JobQueue):
         cap = self.per_user_cap if user_cap is None else user_cap
         already_queued = self._per_user[job.user_id]
         if already_queued >= cap:
+            jobs = "job" if already_queued == 1 else "jobs"
             raise QueueFull(
                 "user",
-                f"You already have {already_queued} jobs queued; wait for one to finish or cancel one with /cancel.",
+                f"You already have {already_queued} {jobs} queued; wait for one to finish or cancel one with /cancel.",
             )
         if len(self._jobs) >= self.global_cap:
             raise QueueFull("global", f"The bot is busy ({len(self._jobs)} jobs queued). Try again in a few minutes.")
