@@ -11,7 +11,13 @@ from pathlib import Path
 def _engine_options(args):
     from engine.options import EngineOptions
 
-    return EngineOptions(models=args.models, device=args.device, compile=args.compile, low_vram=args.low_vram)
+    return EngineOptions(
+        models=args.models,
+        device=args.device,
+        compile=args.compile,
+        low_vram=args.low_vram,
+        controlnet_file=args.controlnet_file,
+    )
 
 
 def _add_engine_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,6 +25,13 @@ def _add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cuda, cuda:N, mps or cpu")
     parser.add_argument("--compile", action="store_true", help="torch.compile the DiT blocks (slow start, fast steps)")
     parser.add_argument("--low-vram", choices=["auto", "on", "off"], default="auto", help="offload idle models to CPU")
+    _add_controlnet_file_argument(parser)
+
+
+def _add_controlnet_file_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--controlnet-file", default="", help="another file of the ControlNet Union 2.1 repo (default: the 8-step one)"
+    )
 
 
 def _output_paths(out: Path, count: int) -> list[Path]:
@@ -32,9 +45,12 @@ def cmd_generate(args) -> int:
     from engine.protocol import BadInput, Job, JobKind, Limits, resolve_parameters
 
     input_image = Path(args.input_image).read_bytes() if args.input_image else None
+    kind = JobKind.IMG2IMG if input_image else JobKind.TXT2IMG
+    if args.control_image:
+        kind, input_image = JobKind.CONTROL, Path(args.control_image).read_bytes()
     job = Job(
         job_id="cli",
-        kind=JobKind.IMG2IMG if input_image else JobKind.TXT2IMG,
+        kind=kind,
         prompt=args.prompt,
         negative_prompt=args.negative,
         model=args.model,
@@ -46,6 +62,10 @@ def cmd_generate(args) -> int:
         count=args.count,
         denoise=args.denoise,
         input_image=input_image,
+        control_mode=args.control_mode,
+        control_strength=args.control_strength,
+        canny_low=args.canny_low,
+        canny_high=args.canny_high,
     )
     limits = Limits.for_models(args.models)
     try:
@@ -66,31 +86,110 @@ def cmd_generate(args) -> int:
     for path, png in zip(_output_paths(Path(args.out), len(result.images)), result.images, strict=True):
         path.write_bytes(png)
         print(path)
+    if "control_map" in result.extra_images:
+        path = Path(args.out).with_name(f"{Path(args.out).stem}-control{Path(args.out).suffix}")
+        path.write_bytes(result.extra_images["control_map"])
+        print(path)
     seeds = ", ".join(str(s) for s in result.parameters["seeds"])
     print(f"seed(s) {seeds}; {result.timings['total']:.2f} s", file=sys.stderr)
     return 0
 
 
-def cmd_serve(args) -> int:
+def _add_upscale_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--upscale-tile", type=int, default=512, help="Real-ESRGAN tile side (input px); 0 = whole")
+    parser.add_argument("--upscale-tile-pad", type=int, default=16, help="context pixels around each tile")
+    parser.add_argument("--refine-tile", type=int, default=0, help="refine tile side (output px); 0 = 1024, tiny 64")
+    parser.add_argument("--refine-overlap", type=int, default=128, help="pixels refine tiles share, feathered")
+    parser.add_argument("--upscale-max-side", type=int, default=4096, help="largest output side an upscale may make")
+
+
+def _upscale_setup(args):
+    """EngineOptions and Limits with the upscale arguments applied."""
+    from dataclasses import replace
+
     from engine.protocol import Limits
+
+    options = replace(
+        _engine_options(args),
+        upscale_tile=args.upscale_tile,
+        upscale_tile_pad=args.upscale_tile_pad,
+        refine_tile=args.refine_tile,
+        refine_overlap=args.refine_overlap,
+    )
+    return options, replace(Limits.for_models(args.models), max_upscale_side=args.upscale_max_side)
+
+
+def cmd_serve(args) -> int:
     from engine.worker import serve
 
-    return serve(_engine_options(args), Limits.for_models(args.models))
+    return serve(*_upscale_setup(args))
+
+
+def cmd_upscale(args) -> int:
+    from engine.models import MissingWeightsError
+    from engine.protocol import BadInput, Job, JobKind, resolve_parameters
+
+    options, limits = _upscale_setup(args)
+    try:
+        data = Path(args.image).read_bytes()
+    except OSError as exc:
+        print(f"error: cannot read {args.image}: {exc.strerror}", file=sys.stderr)
+        return 2
+    job = Job(
+        job_id="cli", kind=JobKind.UPSCALE, input_image=data, scale=args.scale, refine=args.refine,
+        denoise=args.denoise, prompt=args.prompt, seed=args.seed,
+    )  # fmt: skip
+    try:
+        from engine.images import decode_input_image
+
+        try:
+            job.width, job.height = decode_input_image(data).size
+        except Exception as exc:
+            raise BadInput(f"{args.image} is not an image this engine can read ({type(exc).__name__}).") from None
+        resolve_parameters(job, limits)  # refuse bad input before loading any model
+        from engine.upscale import run_upscale_job
+
+        pooled = None
+        if args.refine:
+            from engine.pipeline import PooledPipeline
+
+            pooled = PooledPipeline(options).load()
+        result = run_upscale_job(
+            pooled, job, limits, options, lambda step, total, _: print(f"step {step}/{total}", file=sys.stderr)
+        )
+    except BadInput as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except MissingWeightsError as exc:
+        print(exc, file=sys.stderr)
+        return 3
+    Path(args.out).write_bytes(result.images[0])
+    params = result.parameters
+    print(args.out)
+    print(
+        f"{params['input_width']}x{params['input_height']} -> {params['width']}x{params['height']}"
+        f"{' refined' if params['refine'] else ''}; {result.timings['total']:.2f} s",
+        file=sys.stderr,
+    )
+    return 0
 
 
 def cmd_download(args) -> int:
-    from engine.models import ZIMAGE_COMPONENTS, MissingWeightsError, download, resolve
+    from engine.models import ANNOTATOR_COMPONENTS, MissingWeightsError, components_for, download, resolve
 
+    components = components_for("zimage", args.controlnet_file)
     if args.if_missing:
         try:
-            resolve("zimage")
+            resolve("zimage", components)
+            resolve("zimage", ANNOTATOR_COMPONENTS)
             return 0
         except MissingWeightsError:
             pass
-    total = sum(c.size_gb for c in ZIMAGE_COMPONENTS)
+    components += ANNOTATOR_COMPONENTS
+    total = sum(c.size_gb for c in components)
     print(f"Downloading Z-Image weights (~{total:.0f} GB) into the Hugging Face cache; re-run to resume.")
     try:
-        folders = download()
+        folders = download(components)
     except MissingWeightsError as exc:
         print(exc, file=sys.stderr)
         return 3
@@ -116,15 +215,36 @@ def main(argv: list[str] | None = None) -> int:
     generate.add_argument("--count", type=int, default=1)
     generate.add_argument("--input-image", help="img2img source image")
     generate.add_argument("--denoise", type=float, default=0.6, help="img2img strength (0-1]")
+    generate.add_argument("--control-image", help="ControlNet: the image to follow (Turbo only)")
+    generate.add_argument(
+        "--control-mode", default="canny", help="canny, depth, pose, lineart, softedge, mlsd, scribble or none"
+    )
+    generate.add_argument("--control-strength", type=float, default=0.8, help="ControlNet strength 0-1")
+    generate.add_argument("--canny-low", type=int, default=100, help="canny lower threshold (0-255)")
+    generate.add_argument("--canny-high", type=int, default=200, help="canny upper threshold (0-255)")
     generate.add_argument("--out", default="out.png")
     generate.set_defaults(handler=cmd_generate)
 
+    upscale = commands.add_parser("upscale", help="upscale an image x2 or x4 (Real-ESRGAN), optionally refined")
+    _add_engine_arguments(upscale)
+    _add_upscale_arguments(upscale)
+    upscale.add_argument("--image", required=True, help="the image to upscale")
+    upscale.add_argument("--scale", type=int, choices=[2, 4], default=4)
+    upscale.add_argument("--refine", action="store_true", help="a Turbo img2img pass over the result, in tiles")
+    upscale.add_argument("--denoise", type=float, default=0.3, help="refine strength (0-0.6]")
+    upscale.add_argument("--prompt", default="", help="what the image shows (helps the refine pass)")
+    upscale.add_argument("--seed", type=int, default=None)
+    upscale.add_argument("--out", default="upscaled.png")
+    upscale.set_defaults(handler=cmd_upscale)
+
     serve = commands.add_parser("serve", help="run jobs from stdin (the bot starts this)")
     _add_engine_arguments(serve)
+    _add_upscale_arguments(serve)
     serve.set_defaults(handler=cmd_serve)
 
     fetch = commands.add_parser("download", help="fetch all real weights into the HF cache")
     fetch.add_argument("--if-missing", action="store_true", help="do nothing when every file is already cached")
+    _add_controlnet_file_argument(fetch)
     fetch.set_defaults(handler=cmd_download)
 
     args = parser.parse_args(argv)

@@ -63,8 +63,14 @@ def decode_input_image(data: bytes) -> Image.Image:
     """Bytes -> RGB image with EXIF orientation applied and alpha flattened onto white."""
     with Image.open(io.BytesIO(data)) as opened:
         opened.seek(0)  # animated: the first frame
-        image = ImageOps.exif_transpose(opened)
+        try:
+            image = ImageOps.exif_transpose(opened)
+        except Exception:  # a corrupt EXIF block: keep the pixels as stored
+            image = opened.copy()
         image.load()
+    if image.mode.startswith("I"):  # 16/32-bit grayscale: scale to 8 bits (convert() would clip at 255)
+        peak = 255 if image.mode in ("I;8",) else 65535
+        image = image.convert("I").point(lambda value: value * (255 / peak)).convert("L")
     if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         flat = Image.new("RGB", rgba.size, (255, 255, 255))

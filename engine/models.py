@@ -32,6 +32,32 @@ class Component:
 
 TURBO_REPO = "Tongyi-MAI/Z-Image-Turbo"
 BASE_REPO = "Tongyi-MAI/Z-Image"
+CONTROLNET_REPO = "alibaba-pai/Z-Image-Turbo-Fun-Controlnet-Union-2.1"
+CONTROLNET_FILE = "Z-Image-Turbo-Fun-Controlnet-Union-2.1-8steps.safetensors"  # distilled for Turbo's 8 steps
+ANNOTATORS_REPO = "lllyasviel/Annotators"
+# The files each controlnet_aux annotator reads (canny and none need none).
+ANNOTATOR_FILES = {
+    "depth": ("dpt_hybrid-midas-501f0c75.pt",),
+    "pose": ("body_pose_model.pth", "hand_pose_model.pth", "facenet.pth"),
+    "lineart": ("sk_model.pth", "sk_model2.pth"),
+    "softedge": ("table5_pidinet.pth",),
+    "mlsd": ("mlsd_large_512_fp32.pth",),
+    "scribble": ("ControlNetHED.pth",),
+}
+ANNOTATOR_COMPONENTS: tuple[Component, ...] = tuple(
+    Component(f"annotator_{mode}", ANNOTATORS_REPO, name, None, description=f"{mode} annotator", size_gb=0.1)
+    for mode, names in ANNOTATOR_FILES.items()
+    for name in names
+)
+
+
+def controlnet_component(file_name: str = "") -> Component:
+    return Component(
+        "controlnet", CONTROLNET_REPO, file_name or CONTROLNET_FILE,
+        "diffsynth.models.z_image_controlnet.ZImageControlNet",
+        description="ControlNet Union 2.1 (8 steps)", size_gb=6.7,
+    )  # fmt: skip
+
 
 ZIMAGE_COMPONENTS: tuple[Component, ...] = (
     Component(
@@ -60,6 +86,20 @@ ZIMAGE_COMPONENTS: tuple[Component, ...] = (
         description="VAE decoder", size_gb=0.0,
     ),
     Component("tokenizer", TURBO_REPO, "tokenizer/*", None, description="tokenizer", size_gb=0.01),
+    controlnet_component(),
+)  # fmt: skip
+
+
+# Real-ESRGAN x4plus, loaded by engine/upscale.py on the first upscale job (not part of the pipeline).
+REALESRGAN_CLASS = "basicsr.archs.rrdbnet_arch.RRDBNet"
+UPSCALER_COMPONENT = Component(
+    "upscaler", "lllyasviel/Annotators", "RealESRGAN_x4plus.pth", REALESRGAN_CLASS,
+    {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 64, "num_block": 23, "num_grow_ch": 32, "scale": 4},
+    description="Real-ESRGAN x4plus upscaler", size_gb=0.07,
+)  # fmt: skip
+TINY_UPSCALER_COMPONENT = Component(
+    "upscaler", None, "realesrgan_tiny.pth", REALESRGAN_CLASS,
+    {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 8, "num_block": 1, "num_grow_ch": 4, "scale": 4},
 )  # fmt: skip
 
 
@@ -80,7 +120,17 @@ def tiny_components() -> tuple[Component, ...]:
             {"use_conv_attention": False}, "engine.tiny.tiny_vae_decoder_converter",
         ),
         Component("tokenizer", None, "tokenizer/*", None),
+        Component("controlnet", None, "controlnet.safetensors", "engine.tiny.TinyControlNet"),
     )  # fmt: skip
+
+
+def components_for(models: str, controlnet_file: str = "") -> tuple[Component, ...]:
+    """The pipeline's components; `controlnet_file` picks another file of the ControlNet repo."""
+    if models == "tiny":
+        return tiny_components()
+    if not controlnet_file:
+        return ZIMAGE_COMPONENTS
+    return tuple(controlnet_component(controlnet_file) if c.slot == "controlnet" else c for c in ZIMAGE_COMPONENTS)
 
 
 class MissingWeightsError(Exception):
@@ -117,10 +167,25 @@ def resolve(models: str, components: tuple[Component, ...] | None = None) -> dic
     if models != "zimage":
         raise ValueError(f'unknown models "{models}": use "zimage" or "tiny"')
 
+    resolved, missing = _find_cached(components or ZIMAGE_COMPONENTS)
+    if missing:
+        raise MissingWeightsError(missing)
+    return resolved
+
+
+def resolve_annotator(mode: str) -> Path:
+    """The local folder holding an annotator's weights; MissingWeightsError (naming them) if absent."""
+    resolved, missing = _find_cached(tuple(c for c in ANNOTATOR_COMPONENTS if c.slot == f"annotator_{mode}"))
+    if missing:
+        raise MissingWeightsError(missing, detail=f"The {mode} control mode needs them.")
+    return Path(next(iter(resolved.values()))[0]).parent
+
+
+def _find_cached(components: tuple[Component, ...]) -> tuple[dict[str, list[str]], list[str]]:
     from huggingface_hub import snapshot_download
 
     resolved, missing = {}, []
-    for component in components or ZIMAGE_COMPONENTS:
+    for component in components:
         try:
             folder = Path(
                 snapshot_download(component.repo_id, allow_patterns=[component.pattern], local_files_only=True)
@@ -130,10 +195,8 @@ def resolve(models: str, components: tuple[Component, ...] | None = None) -> dic
             paths = []
         if not paths:
             missing.append(f"{component.description} ({component.repo_id}: {component.pattern})")
-        resolved[component.slot] = paths
-    if missing:
-        raise MissingWeightsError(missing)
-    return resolved
+        resolved.setdefault(component.slot, []).extend(paths)
+    return resolved, missing
 
 
 def download(components: tuple[Component, ...] | None = None) -> dict[str, str]:

@@ -1,6 +1,6 @@
 """Job handlers: validate a Job, run it through the pooled pipeline, return a Result.
 
-txt2img and img2img live here; control and upscale join them as their issues land.
+txt2img, img2img and control (ControlNet on Turbo) live here; upscale joins them as its issue lands.
 Validation (engine.protocol.resolve_parameters, shared with the bot) raises BadInput with a
 message a Discord user can act on.
 """
@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 
 from engine.images import decode_input_image, encode_png, fit_to_size, latent_preview_jpeg
-from engine.pipeline import PooledPipeline
+from engine.pipeline import ControlNetInput, PooledPipeline
 from engine.protocol import BadInput, Job, JobKind, Limits, Result, resolve_parameters
 
 __all__ = ["BadInput", "Cancelled", "Limits", "resolve_parameters", "run_image_job"]
@@ -29,14 +29,25 @@ ProgressCallback = Callable[[int, int, bytes | None], None]
 def run_image_job(
     pooled: PooledPipeline, job: Job, limits: Limits, on_progress: ProgressCallback | None = None
 ) -> Result:
-    """txt2img or img2img, `count` images with seeds seed, seed+1, ..."""
+    """txt2img, img2img or control, `count` images with seeds seed, seed+1, ..."""
     params = resolve_parameters(job, limits)
-    input_image = None
-    if job.kind == JobKind.IMG2IMG:
+    input_image = controlnet_inputs = None
+    extra_images: dict[str, bytes] = {}
+    annotate_start = time.perf_counter()
+    if job.kind in (JobKind.IMG2IMG, JobKind.CONTROL):
         try:
-            input_image = fit_to_size(decode_input_image(job.input_image), params["width"], params["height"])
+            source = fit_to_size(decode_input_image(job.input_image), params["width"], params["height"])
         except Exception as exc:
             raise BadInput(f"The input image could not be read ({type(exc).__name__}).") from exc
+        if job.kind == JobKind.IMG2IMG:
+            input_image = source
+        else:
+            from engine.control import control_map, map_png
+
+            control = control_map(source, params, pooled.device)
+            controlnet_inputs = [ControlNetInput(image=control, scale=params["control_strength"])]
+            extra_images["control_map"] = map_png(control)
+    annotate_seconds = time.perf_counter() - annotate_start
 
     pipe = pooled.use(params["model"])
     synchronize = torch.cuda.synchronize if pooled.device.startswith("cuda") else (lambda: None)
@@ -75,6 +86,7 @@ def run_image_job(
             seed=seed,
             rand_device="cpu",  # same seed, same image on any GPU
             num_inference_steps=params["steps"],
+            controlnet_inputs=controlnet_inputs,  # None: the ControlNet is skipped entirely
             progress_bar_cmd=stepping,
         )
         end = time.perf_counter()
@@ -82,5 +94,7 @@ def run_image_job(
         timings["denoise"] += marks["decode"] - marks["denoise"]
         timings["decode"] += end - marks["decode"]
         images.append(encode_png(image, {**params, "seed": seed, "seeds": [seed]}))
-    timings["total"] = time.perf_counter() - start
-    return Result(job_id=job.job_id, images=images, parameters=params, timings=timings)
+    if controlnet_inputs is not None:
+        timings["annotate"] = annotate_seconds
+    timings["total"] = time.perf_counter() - start + annotate_seconds
+    return Result(job_id=job.job_id, images=images, parameters=params, timings=timings, extra_images=extra_images)

@@ -17,7 +17,7 @@ from diffsynth.models.model_loader import ModelPool
 from diffsynth.pipelines.z_image import ZImagePipeline
 from transformers import AutoTokenizer
 
-from engine.models import ZIMAGE_COMPONENTS, Component, resolve, tiny_components
+from engine.models import Component, components_for, resolve
 from engine.options import EngineOptions
 
 log = logging.getLogger("engine.pipeline")
@@ -78,7 +78,7 @@ class PooledPipeline:
 
     def load(self) -> PooledPipeline:
         start = time.perf_counter()
-        components = tiny_components() if self.options.models == "tiny" else ZIMAGE_COMPONENTS
+        components = components_for(self.options.models, self.options.controlnet_file)
         paths = resolve(self.options.models, components)  # raises MissingWeightsError listing every gap
         self.low_vram = self._wants_low_vram()
         pool = ModelPool()
@@ -88,7 +88,7 @@ class PooledPipeline:
             model = self._load_component(pool, component, paths[component.slot])
             if component.slot.startswith("dit_"):
                 self.dits[component.slot.removeprefix("dit_")] = model
-            else:
+            else:  # text_encoder, vae_*, controlnet: the ControlNet only acts when a job passes controlnet_inputs
                 setattr(self.pipe, component.slot, model)
         tokenizer_folder = paths["tokenizer"][0].rsplit("/", 1)[0]
         self.pipe.tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)

@@ -69,6 +69,8 @@ class Job:
     input_image: bytes | None = None  # img2img source, control image, or image to upscale
     control_mode: str | None = None  # canny, depth, pose, ... or "none" (input already is a map)
     control_strength: float = 0.8
+    canny_low: int = 100  # canny thresholds (0-255): lower finds more edges
+    canny_high: int = 200
     lora: str | None = None  # a LoRA file name the operator installed
     lora_strength: float = 1.0
     scale: int = 4  # upscale factor, 2 or 4
@@ -122,6 +124,12 @@ class Shutdown:
 
 MODEL_DEFAULTS = {ModelName.TURBO: {"steps": 8, "cfg": 1.0}, ModelName.BASE: {"steps": 30, "cfg": 4.0}}
 MAX_SEED = 2**32 - 1
+UPSCALE_SCALES = (2, 4)
+MIN_UPSCALE_SIDE = 16
+REFINE_DENOISE = 0.3  # the refine pass's default strength: sharpens detail, keeps the composition
+MAX_REFINE_DENOISE = 0.6
+# How the attached image becomes a control map; "none": it already is one.
+CONTROL_MODES = ("canny", "depth", "pose", "lineart", "softedge", "mlsd", "scribble", "none")
 
 
 class BadInput(Exception):
@@ -138,6 +146,7 @@ class Limits:
     max_cfg: float = 15.0
     max_prompt_chars: int = 2000
     max_count: int = 4
+    max_upscale_side: int = 4096  # an upscale's output side; bigger requests are refused
 
     def __post_init__(self):
         if self.max_steps is None:
@@ -153,13 +162,17 @@ class Limits:
             "min_side": self.min_side, "max_side": self.max_side, "max_pixels": self.max_pixels,
             "max_steps": dict(self.max_steps), "min_cfg": self.min_cfg, "max_cfg": self.max_cfg,
             "max_prompt_chars": self.max_prompt_chars, "max_count": self.max_count,
+            "max_upscale_side": self.max_upscale_side,
         }  # fmt: skip
 
 
 def resolve_parameters(job: Job, limits: Limits) -> dict:
     """Check every field and fill in defaults; the returned dict is what the image will record."""
-    if job.kind not in (JobKind.TXT2IMG, JobKind.IMG2IMG):
+    if job.kind == JobKind.UPSCALE:
+        return _resolve_upscale(job, limits)
+    if job.kind not in (JobKind.TXT2IMG, JobKind.IMG2IMG, JobKind.CONTROL):
         raise BadInput(f"This engine cannot run {job.kind!r} jobs yet.")
+    control = _resolve_control(job) if job.kind == JobKind.CONTROL else {}
     if job.model not in MODEL_DEFAULTS:
         raise BadInput(f"Unknown model {job.model!r}: choose turbo or base.")
     prompt = (job.prompt or "").strip()
@@ -204,7 +217,68 @@ def resolve_parameters(job: Job, limits: Limits) -> dict:
         "kind": str(job.kind), "prompt": prompt, "negative_prompt": job.negative_prompt or "",
         "model": str(job.model), "width": width, "height": height, "steps": steps, "cfg": cfg,
         "seed": seed, "seeds": [seed + i for i in range(job.count)], "count": job.count, "denoise": denoise,
+    } | control  # fmt: skip
+
+
+def _resolve_upscale(job: Job, limits: Limits) -> dict:
+    """An upscale job's width and height are its input image's; the output is `scale` times that."""
+    if not job.input_image:
+        raise BadInput("There is no image to upscale: attach one.")
+    if job.scale not in UPSCALE_SCALES:
+        raise BadInput(f"Scale must be 2 or 4; got {job.scale}.")
+    if job.model != ModelName.TURBO:
+        raise BadInput("Upscaling refines with the Turbo model only.")
+    width, height, scale, cap = int(job.width), int(job.height), int(job.scale), limits.max_upscale_side
+    if min(width, height) < MIN_UPSCALE_SIDE:
+        raise BadInput(f"The image is {width}x{height}; upscaling needs at least {MIN_UPSCALE_SIDE} pixels a side.")
+    if max(width, height) * scale > cap:
+        largest = cap // scale
+        raise BadInput(
+            f"The image is {width}x{height}: x{scale} would make {width * scale}x{height * scale}, over the "
+            f"{cap}x{cap} limit. The largest input for x{scale} is {largest}x{largest} pixels"
+            + (" (or try x2)." if scale == 4 and max(width, height) * 2 <= cap else ".")
+        )
+    prompt = (job.prompt or "").strip()
+    if len(prompt) > limits.max_prompt_chars:
+        raise BadInput(f"The prompt is {len(prompt)} characters; the limit is {limits.max_prompt_chars}.")
+    denoise = float(job.denoise) if job.refine else 0.0
+    if job.refine and not 0.0 < denoise <= MAX_REFINE_DENOISE:
+        raise BadInput(f"Refine strength must be in (0, {MAX_REFINE_DENOISE}]: higher redraws each tile on its own.")
+    steps = 0
+    if job.refine:  # default: Turbo's 8-step schedule entered at `denoise`, i.e. 8 x denoise steps per tile
+        turbo = MODEL_DEFAULTS[ModelName.TURBO]["steps"]
+        steps = max(2, round(turbo * denoise)) if job.steps is None else int(job.steps)
+        if not 1 <= steps <= limits.max_steps[ModelName.TURBO]:
+            raise BadInput(f"Refine steps must be between 1 and {limits.max_steps[ModelName.TURBO]}; got {steps}.")
+    seed = random.randint(0, MAX_SEED) if job.seed is None else int(job.seed)
+    if not 0 <= seed <= MAX_SEED:
+        raise BadInput(f"The seed must be between 0 and {MAX_SEED}.")
+    return {
+        "kind": str(job.kind), "prompt": prompt, "negative_prompt": "", "model": str(ModelName.TURBO),
+        "scale": scale, "refine": bool(job.refine), "denoise": denoise, "steps": steps, "cfg": 1.0,
+        "seed": seed, "seeds": [seed], "count": 1, "input_width": width, "input_height": height,
+        "width": width * scale, "height": height * scale,
     }  # fmt: skip
+
+
+def _resolve_control(job: Job) -> dict:
+    # The ControlNet Union 2.1 file is trained (and distilled to 8 steps) on Turbo only.
+    if job.model != ModelName.TURBO:
+        raise BadInput("ControlNet works with the Turbo model only.")
+    if job.control_mode not in CONTROL_MODES:
+        raise BadInput(f"Unknown control mode {job.control_mode!r}: choose one of {', '.join(CONTROL_MODES)}.")
+    strength = float(job.control_strength)
+    if not 0.0 <= strength <= 1.0:
+        raise BadInput(f"Control strength must be between 0 and 1; got {strength}.")
+    if not job.input_image:
+        raise BadInput("ControlNet needs an input image: attach one.")
+    control = {"control_mode": job.control_mode, "control_strength": strength}
+    if job.control_mode == "canny":
+        low, high = int(job.canny_low), int(job.canny_high)
+        if not 0 <= low < high <= 255:
+            raise BadInput(f"Canny thresholds need 0 <= low < high <= 255; got {low} and {high}.")
+        control |= {"canny_low": low, "canny_high": high}
+    return control
 
 
 MESSAGE_TYPES: dict[str, type] = {

@@ -17,17 +17,21 @@ from pathlib import Path
 
 import torch
 from diffsynth.models.flux_vae import FluxVAEDecoder, FluxVAEEncoder
+from diffsynth.models.z_image_controlnet import ZImageControlNet, ZImageControlTransformerBlock
 from diffsynth.models.z_image_dit import ZImageDiT
 from diffsynth.models.z_image_text_encoder import ZImageTextEncoder
 from safetensors.torch import save_file
 from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3Model
 
 TINY_SEED = 20261123
-TINY_FORMAT = 2  # bump when the recipe changes, so cached files are rebuilt
+TINY_FORMAT = 3  # bump when the recipe changes, so cached files are rebuilt
 
 TINY_DIT_KWARGS = dict(
     dim=64, n_layers=2, n_refiner_layers=1, n_heads=4, n_kv_heads=4, cap_feat_dim=64, axes_dims=[4, 6, 6]
 )
+# One control block on the first of the two DiT layers, one on the noise refiner: the real
+# ControlNet's layout (every other layer, and every refiner layer) at the tiny scale.
+TINY_CONTROLNET_KWARGS = dict(control_layers_places=[0], n_refiner_layers=1, dim=64, n_heads=4, n_kv_heads=4)
 TINY_TEXT_ENCODER_KWARGS = dict(
     hidden_size=64,
     intermediate_size=128,
@@ -51,6 +55,28 @@ class TinyTextEncoder(ZImageTextEncoder):
         torch.nn.Module.__init__(self)
         config = dict(TINY_TEXT_ENCODER_KWARGS, **qwen_kwargs)
         self.model = Qwen3Model(Qwen3Config(vocab_size=vocab_size, **config))
+
+
+class TinyControlNet(ZImageControlNet):
+    """ZImageControlNet at the tiny DiT's width (the real class builds its blocks at dim 3840).
+
+    The state-dict layout is the real one (control_layers.N, control_noise_refiner.N,
+    control_all_x_embedder.2-1), so the same forward code in DiffSynth runs it.
+    """
+
+    def __init__(
+        self, control_layers_places=(0,), control_in_dim=33, dim=64, n_refiner_layers=1, n_heads=4, n_kv_heads=4
+    ):
+        torch.nn.Module.__init__(self)
+        heads = dict(dim=dim, n_heads=n_heads, n_kv_heads=n_kv_heads)
+        self.control_layers = torch.nn.ModuleList(
+            [ZImageControlTransformerBlock(layer_id=i, block_id=i, **heads) for i in control_layers_places]
+        )
+        self.control_all_x_embedder = torch.nn.ModuleDict({"2-1": torch.nn.Linear(2 * 2 * control_in_dim, dim)})
+        self.control_noise_refiner = torch.nn.ModuleList(
+            [ZImageControlTransformerBlock(block_id=i, **heads) for i in range(n_refiner_layers)]
+        )
+        self.control_layers_mapping = {place: index for index, place in enumerate(control_layers_places)}
 
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
@@ -101,6 +127,8 @@ def build_tiny_weights(directory: Path) -> Path:
         save_file(_random_state_dict(_tiny_dit()), directory / f"{name}.safetensors")
     torch.manual_seed(TINY_SEED + 10)
     save_file(_random_state_dict(TinyTextEncoder()), directory / "text_encoder.safetensors")
+    torch.manual_seed(TINY_SEED + 30)
+    save_file(_random_state_dict(TinyControlNet(**TINY_CONTROLNET_KWARGS)), directory / "controlnet.safetensors")
     torch.manual_seed(TINY_SEED + 20)
     vae = {f"encoder.{k}": v for k, v in _random_state_dict(FluxVAEEncoder(use_conv_attention=False)).items()}
     vae |= {f"decoder.{k}": v for k, v in _random_state_dict(FluxVAEDecoder(use_conv_attention=False)).items()}

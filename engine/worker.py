@@ -17,7 +17,7 @@ import threading
 import traceback
 
 from engine import protocol
-from engine.protocol import Cancel, Failure, FailureKind, Job, Progress, Ready, Shutdown
+from engine.protocol import Cancel, Failure, FailureKind, Job, JobKind, Progress, Ready, Shutdown
 
 log = logging.getLogger("engine.worker")
 
@@ -79,10 +79,11 @@ class Worker:
         self.jobs.put(None)
 
     def run(self, stdin) -> int:
-        from engine.models import MissingWeightsError, resolve
+        from engine.models import MissingWeightsError, components_for, resolve
 
         try:
-            resolve(self.options.models)  # fail fast, before the heavy imports
+            # Fail fast, before the heavy imports.
+            resolve(self.options.models, components_for(self.options.models, self.options.controlnet_file))
             from engine.pipeline import PooledPipeline
 
             self.pooled = PooledPipeline(self.options).load()
@@ -102,6 +103,7 @@ class Worker:
     def handle(self, job: Job):
         import torch
 
+        from engine.models import MissingWeightsError
         from engine.modes import BadInput, Cancelled, run_image_job
 
         def on_progress(step: int, total: int, preview: bytes | None) -> None:
@@ -110,11 +112,18 @@ class Worker:
             self.writer.send(Progress(job.job_id, step, total, preview))
 
         try:
+            if job.kind == JobKind.UPSCALE:
+                from engine.upscale import run_upscale_job
+
+                return run_upscale_job(self.pooled, job, self.limits, self.options, on_progress)
             return run_image_job(self.pooled, job, self.limits, on_progress)
         except BadInput as exc:
             return Failure(job.job_id, FailureKind.BAD_INPUT, str(exc))
         except Cancelled:
             return Failure(job.job_id, FailureKind.CANCELLED, "Cancelled while running.")
+        except MissingWeightsError as exc:  # an annotator's weights, loaded on first use
+            log.error("%s", exc)
+            return Failure(job.job_id, FailureKind.MISSING_WEIGHTS, str(exc))
         except torch.OutOfMemoryError:
             log.warning("out of memory on job %s (%sx%s x%s)", job.job_id, job.width, job.height, job.count)
             gc.collect()

@@ -1,0 +1,91 @@
+"""Control maps for ControlNet jobs: the attached image, fitted to the output size, through an annotator.
+
+Annotators come from controlnet_aux and run in the engine process. Each is loaded on its first
+use and kept (a few hundred MB at most, next to a 20 GB pipeline). canny and none need no
+weights; the others read theirs from the lllyasviel/Annotators files that
+`python -m engine download` fetches, and raise MissingWeightsError naming them when absent:
+we never let controlnet_aux download on a job's time.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import warnings
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from engine.models import resolve_annotator
+
+# The resolution the neural annotators were trained at; their maps are scaled to the output size.
+DETECT_RESOLUTION = 512
+
+_loaded: dict[tuple[str, str], Any] = {}
+_lock = threading.Lock()
+
+
+def _load(mode: str, device: str):
+    """Build one controlnet_aux detector from local files (imported here: ~0.5 s, engine only)."""
+    with warnings.catch_warnings():  # its package import warns about mediapipe, timm and torch.jit
+        warnings.simplefilter("ignore")
+        import controlnet_aux  # noqa: F401
+
+    if mode == "canny":
+        from controlnet_aux.canny import CannyDetector
+
+        return CannyDetector()
+    folder = str(resolve_annotator(mode))  # MissingWeightsError before anything is imported
+    if mode == "depth":
+        from controlnet_aux.midas import MidasDetector as detector
+    elif mode == "pose":
+        from controlnet_aux.open_pose import OpenposeDetector as detector
+    elif mode == "lineart":
+        from controlnet_aux.lineart import LineartDetector as detector
+    elif mode == "softedge":
+        from controlnet_aux.pidi import PidiNetDetector as detector
+    elif mode == "mlsd":
+        from controlnet_aux.mlsd import MLSDdetector as detector
+    elif mode == "scribble":
+        from controlnet_aux.hed import HEDdetector as detector
+    else:
+        raise ValueError(f"no annotator for control mode {mode!r}")
+    return detector.from_pretrained(folder).to(device)
+
+
+def annotator(mode: str, device: str = "cpu"):
+    key = (mode, device)
+    with _lock:
+        if key not in _loaded:
+            _loaded[key] = _load(mode, device)
+        return _loaded[key]
+
+
+def control_map(image: Image.Image, params: dict[str, Any], device: str = "cpu") -> Image.Image:
+    """The map the ControlNet follows, exactly as large as `image` (already fitted to the output)."""
+    mode = params["control_mode"]
+    if mode == "none":
+        return image
+    detector = annotator(mode, device)
+    side = min(image.size)
+    if mode == "canny":
+        detected = detector(
+            np.asarray(image, dtype=np.uint8), params["canny_low"], params["canny_high"],
+            detect_resolution=side, image_resolution=side, output_type="pil",
+        )  # fmt: skip
+    elif mode == "scribble":
+        detected = detector(image, detect_resolution=DETECT_RESOLUTION, image_resolution=side, scribble=True)
+    else:
+        detected = detector(image, detect_resolution=DETECT_RESOLUTION, image_resolution=side)
+    # controlnet_aux rounds sides to multiples of 64; the ControlNet needs the output size exactly.
+    detected = detected.convert("RGB")
+    if detected.size != image.size:
+        detected = detected.resize(image.size, Image.Resampling.BILINEAR)
+    return detected
+
+
+def map_png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=4)
+    return buffer.getvalue()
