@@ -175,17 +175,20 @@ def cmd_upscale(args) -> int:
 
 
 def cmd_download(args) -> int:
-    from engine.models import ANNOTATOR_COMPONENTS, MissingWeightsError, components_for, download, resolve
+    from engine import models
+    from engine.models import MissingWeightsError, components_for, download, resolve
+
+    extra = models.ANNOTATOR_COMPONENTS + (models.UPSCALER_COMPONENT,)  # lazily loaded, fetched all the same
 
     components = components_for("zimage", args.controlnet_file)
     if args.if_missing:
         try:
             resolve("zimage", components)
-            resolve("zimage", ANNOTATOR_COMPONENTS)
+            resolve("zimage", extra)
             return 0
         except MissingWeightsError:
             pass
-    components += ANNOTATOR_COMPONENTS
+    components += extra
     total = sum(c.size_gb for c in components)
     print(f"Downloading Z-Image weights (~{total:.0f} GB) into the Hugging Face cache; re-run to resume.")
     try:
