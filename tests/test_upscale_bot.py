@@ -1,0 +1,104 @@
+"""/upscale, the "Upscale image" menu and the Upscale buttons end to end; uploads that always fit."""
+
+import io
+
+import numpy as np
+import pytest
+import simcord
+from PIL import Image
+
+from bot.jobs import JobRequest, Refused
+from bot.render import fit_upload
+from tests.discord_harness import JOB_ID, discord_world
+from tests.test_control_bot import BAD_INPUTS, encoded, noise
+
+
+def fields_of(message) -> dict[str, str]:
+    return {f.name: f.value for f in message.embeds[0].fields}
+
+
+async def test_slash_upscale_and_the_message_menu(engine_client, tmp_path):
+    async with discord_world(engine_client, tmp_path) as world:
+        result = await world.alice.slash(world.channel, "upscale", image=("small.png", encoded(noise((24, 20)))))
+        assert not result.ephemeral and world.contents_sent()[0].startswith("Upscale x4 queued — position 1")
+        job = await world.wait_job(JOB_ID.search(result.response.content).group(1))
+        assert job.state == "done", job.error
+        assert job.kind == "upscale" and job.params["scale"] == 4 and not job.params["refine"]
+        posted = world.bot_messages()[-1]
+        upscaled = Image.open(io.BytesIO(await posted.attachments[0].read()))
+        assert upscaled.size == (96, 80) and posted.attachments[0].filename.endswith(".png")
+        fields = fields_of(posted)
+        assert fields["Size"] == "24×20 → 96×80" and fields["File"].startswith("PNG, ")
+        assert [c.label for row in posted.components for c in row.children] == ["Delete"]
+
+        photo = await world.bob.send(world.channel, "look", attachments=[("photo.png", encoded(noise((16, 16))))])
+        menu = await world.bob.context_menu(world.channel, "Upscale image", photo)
+        assert not menu.ephemeral and JOB_ID.search(menu.response.content), menu.response.content
+        job = await world.wait_job(JOB_ID.search(menu.response.content).group(1))
+        assert job.state == "done" and job.user_id == world.bob.id
+        assert Image.open(io.BytesIO(await world.bot_messages()[-1].attachments[0].read())).size == (64, 64)
+
+        text_only = await world.bob.send(world.channel, "no picture here")
+        refused = await world.bob.context_menu(world.channel, "Upscale image", text_only)
+        assert refused.ephemeral and "has no image attached" in refused.response.content
+
+
+async def test_upscale_buttons_enqueue_the_exact_stored_image(engine_client, tmp_path):
+    async with discord_world(engine_client, tmp_path) as world:
+        _, job_id = await world.imagine(world.alice, prompt="a cat", seed=3, steps=1, count=2)
+        await world.wait_job(job_id)
+        grid = world.bot_messages()[-1]
+        labels = [c.label for row in grid.components for c in row.children]
+        assert labels == ["Reroll", "V1", "V2", "U1", "U2", "Info", "Delete"]
+        clicked = await world.bob.click(grid, label="U2")
+        assert not clicked.ephemeral and any(t.startswith("Upscale x4 queued") for t in world.contents_sent())
+        upscale = await world.wait_job(JOB_ID.search(clicked.response.content).group(1))
+        assert upscale.state == "done", upscale.error
+        stored = await world.bot.store.results_for(job_id)
+        assert open(upscale.input_path, "rb").read() == open(stored[1].path, "rb").read()
+        assert upscale.params["source"] == [job_id, 1] and upscale.params["prompt"] == "a cat"
+        out = Image.open(io.BytesIO(await world.bot_messages()[-1].attachments[0].read()))
+        assert out.size == (stored[1].parameters["width"] * 4, stored[1].parameters["height"] * 4)
+
+
+async def test_bad_upscale_requests_are_ephemeral_and_queue_nothing(engine_client, tmp_path):
+    async with discord_world(engine_client, tmp_path, inputs={"max_bytes": 20_000}, upscale={"max_side": 128}) as world:
+        cases = [
+            *BAD_INPUTS,
+            ("big.png", encoded(noise((128, 128))), "the limit is 0.0 MB"),
+            ("wide.png", encoded(noise((40, 30))), "largest input for x4 is 32x32 pixels (or try x2)"),
+        ]
+        for name, data, message in cases:
+            result = await world.alice.slash(world.channel, "upscale", image=(name, data))
+            assert result.ephemeral and message in result.response.content, (name, result.response.content)
+        ok = encoded(noise((20, 20)))
+        with pytest.raises(simcord.OptionError, match="only allows"):  # Discord itself offers x2 and x4 only
+            await world.alice.slash(world.channel, "upscale", image=("ok.png", ok), scale=3)
+        # ... and a stale command registration that sends another scale meets the bot's own check.
+        params = {"scale": 3, "refine": False, "width": 20, "height": 20, "model": "turbo", "count": 1}
+        with pytest.raises(Refused, match="Scale must be 2 or 4; got 3"):
+            await world.bot.jobs.submit(JobRequest(None, world.channel.id, world.alice.id, "upscale", params, ok))
+        assert len(world.bot.jobs.queue) == 0
+        assert await world.bot.store.jobs_in_state("queued", "running", "done", "failed") == []
+
+
+def test_fit_upload_falls_back_png_webp_jpeg_and_a_noisy_4096_square_fits_10_mib():
+    rng = np.random.default_rng(0)
+    smooth = Image.fromarray(np.linspace(0, 255, 256 * 256 * 3).reshape(256, 256, 3).astype(np.uint8))
+    png = encoded(smooth)
+    assert fit_upload(png, len(png), "a").filename == "a.png"
+    webp = fit_upload(png, len(png) - 1, "a")
+    assert webp.filename == "a.webp" and "WebP (q90)" in webp.note
+    grainy = encoded(Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)))
+    jpeg = fit_upload(grainy, 40_000, "b")  # WebP q90 of this noise is ~55 kB
+    assert jpeg.filename == "b.jpg" and len(jpeg.data) <= 40_000 and "JPEG (q" in jpeg.note
+    quality = int(jpeg.note.rsplit("(q", 1)[1].rstrip(")"))
+    one_better = io.BytesIO()
+    Image.open(io.BytesIO(grainy)).convert("RGB").save(one_better, format="JPEG", quality=quality + 1, optimize=True)
+    assert one_better.tell() > 40_000  # the highest quality that fits, not just one that fits
+
+    worst = encoded(Image.fromarray(rng.integers(0, 256, (4096, 4096, 3), dtype=np.uint8)), compress_level=1)
+    limit = 10 * 2**20
+    fitted = fit_upload(worst, limit, "c")
+    assert len(worst) > limit and len(fitted.data) <= limit
+    assert Image.open(io.BytesIO(fitted.data)).size == (4096, 4096)  # full size, only the encoding changed
