@@ -20,9 +20,11 @@ from bot.store import JobStore
 log = logging.getLogger("bot")
 
 
-def fetch_weights_if_missing() -> bool:
+def fetch_weights_if_missing(controlnet_file: str = "") -> bool:
     """Run `python -m engine download --if-missing` (progress bars on the terminal)."""
     command = [sys.executable, "-m", "engine", "download", "--if-missing"]
+    if controlnet_file:
+        command += ["--controlnet-file", controlnet_file]
     return subprocess.run(command, check=False).returncode == 0
 
 
@@ -30,7 +32,8 @@ async def run(config, token: str) -> None:
     async with JobStore(config.data_path) as store:
         engine = EngineClient(
             config.engine.models, device=config.engine.device, compile=config.engine.compile,
-            low_vram=config.engine.low_vram,
+            low_vram=config.engine.low_vram, controlnet_file=config.engine.controlnet_file,
+            extra_args=config.upscale.engine_args(),
         )  # fmt: skip
         bot = create_bot(config, store=store, engine=engine)
         try:
@@ -54,7 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     if not token:
         print("DISCORD_TOKEN is not set: export the bot token from the Discord developer portal.", file=sys.stderr)
         return 2
-    if config.engine.models == "zimage" and config.engine.download_on_start and not fetch_weights_if_missing():
+    if (
+        config.engine.models == "zimage"
+        and config.engine.download_on_start
+        and not fetch_weights_if_missing(config.engine.controlnet_file)
+    ):
         print('The model weights could not be fetched (see above). Fix that, or set [engine] models = "tiny".')
         return 3
     try:

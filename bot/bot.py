@@ -22,7 +22,7 @@ from bot.views import DYNAMIC_ITEMS
 
 log = logging.getLogger("bot")
 
-INITIAL_EXTENSIONS = ("cogs.imagine", "cogs.admin", "cogs.queue")
+INITIAL_EXTENSIONS = ("cogs.imagine", "cogs.control", "cogs.upscale", "cogs.admin", "cogs.queue")
 
 
 class ZImageBot(commands.Bot):
@@ -101,6 +101,8 @@ def create_bot(
         device=config.engine.device,
         compile=config.engine.compile,
         low_vram=config.engine.low_vram,
+        controlnet_file=config.engine.controlnet_file,
+        extra_args=config.upscale.engine_args(),
     )
     return ZImageBot(config, store, engine, external_wait)
 

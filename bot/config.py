@@ -29,6 +29,7 @@ class EngineConfig:
     compile: bool = False
     low_vram: str = "auto"  # auto | on | off
     download_on_start: bool = True  # fetch missing real weights before starting the engine
+    controlnet_file: str = ""  # another file of the ControlNet Union 2.1 repo; "" = the 8-step one
 
 
 @dataclass
@@ -52,12 +53,36 @@ class ImagineConfig:
 
 
 @dataclass
+class InputsConfig:
+    """Attached images (/control, /upscale), checked before anything is queued."""
+
+    max_bytes: int = 20 * 1024 * 1024
+    max_megapixels: float = 40.0  # declared width x height, checked before decoding
+
+
+@dataclass
+class UpscaleConfig:
+    max_side: int = 4096  # largest output side; bigger requests are refused, naming the largest input
+    refine_denoise: float = 0.3  # strength of the optional Turbo pass (/upscale refine:true), up to 0.6
+    tile: int = 512  # Real-ESRGAN tile side in input pixels; 0 = whole image (faster, more VRAM)
+    tile_pad: int = 16  # context around each tile, hides seams
+
+    def engine_args(self) -> list[str]:
+        return [
+            "--upscale-max-side", str(self.max_side), "--upscale-tile", str(self.tile),
+            "--upscale-tile-pad", str(self.tile_pad),
+        ]  # fmt: skip
+
+
+@dataclass
 class Config:
     discord: DiscordConfig = field(default_factory=DiscordConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     imagine: ImagineConfig = field(default_factory=ImagineConfig)
+    inputs: InputsConfig = field(default_factory=InputsConfig)
+    upscale: UpscaleConfig = field(default_factory=UpscaleConfig)
 
     @property
     def data_path(self) -> Path:
@@ -75,7 +100,10 @@ CHOICES = {
     ("engine", "low_vram"): ("auto", "on", "off"),
     ("imagine", "default_model"): ("turbo", "base"),
 }
-POSITIVE = {("queue", "per_user"), ("queue", "total"), ("imagine", "progress_interval")}
+POSITIVE = {
+    ("queue", "per_user"), ("queue", "total"), ("imagine", "progress_interval"),
+    ("inputs", "max_bytes"), ("inputs", "max_megapixels"), ("upscale", "max_side"), ("upscale", "refine_denoise"),
+}  # fmt: skip
 
 
 def _section(cls, name: str, raw: dict[str, Any]):

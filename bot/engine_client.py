@@ -41,13 +41,16 @@ class EngineClient:
         device: str = "auto",
         compile: bool = False,
         low_vram: str = "auto",
+        controlnet_file: str = "",
         restart_backoff: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 30.0),
         env: dict[str, str] | None = None,
+        extra_args: list[str] | tuple[str, ...] = (),  # e.g. UpscaleConfig.engine_args()
     ):
         self.command = [
             sys.executable, "-m", "engine", "serve",
             "--models", models, "--device", device, "--low-vram", low_vram,
-        ] + (["--compile"] if compile else [])  # fmt: skip
+        ] + (["--compile"] if compile else []) + (["--controlnet-file", controlnet_file] if controlnet_file else [])  # fmt: skip
+        self.command += list(extra_args)
         self.env = {**os.environ, **(env or {})}
         self.restart_backoff = restart_backoff
         self.process: asyncio.subprocess.Process | None = None

@@ -14,7 +14,7 @@ import io
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +22,7 @@ import discord
 
 from bot.engine_client import EngineClient, EngineDead, EngineUnavailable
 from bot.queue import DurationEstimator, FairQueue, QueuedJob, QueueFull, format_eta
-from bot.render import fit_upload, grid_png, result_embed, upload_limit
+from bot.render import fit_upload, grid_png, result_embed, upload_limit, upscale_embed
 from bot.store import JobRecord, JobStore, new_job_id
 from engine.protocol import BadInput, Failure, FailureKind, Job, Limits, Progress, resolve_parameters
 
@@ -93,7 +93,7 @@ class JobService:
         self.config = config
         self.queue = queue or FairQueue(config.queue.per_user, config.queue.total)
         self.estimator = DurationEstimator()
-        self.limits = Limits.for_models(config.engine.models)
+        self.limits = replace(Limits.for_models(config.engine.models), max_upscale_side=config.upscale.max_side)
         # Tests (simcord) declare the dispatcher's long waits as external; in production it is a plain await.
         self.external_wait = external_wait or _no_external_wait
         self.clock = clock  # wall-clock time of job records; injectable for quota tests
@@ -300,15 +300,23 @@ class JobService:
         for attempt_limit in (limit, limit // 2):  # a 413 despite our estimate: halve once and retry
             fitted = fit_upload(png, attempt_limit, f"zimage-{job.id}")
             spoiler = bool(job.params.get("spoiler"))
-            embed = result_embed(
-                params, result.timings.get("total", 0.0), fitted.note, None if spoiler else fitted.filename
-            )
+            seconds, shown = result.timings.get("total", 0.0), None if spoiler else fitted.filename
+            if job.kind == "upscale":
+                embed = upscale_embed(params, seconds, fitted, shown)
+            else:
+                embed = result_embed(params, seconds, fitted.note, shown)
+            files = [discord.File(io.BytesIO(fitted.data), fitted.filename, spoiler=spoiler)]
+            if "control_map" in result.extra_images:  # shown beside the result: what the model followed
+                control = fit_upload(result.extra_images["control_map"], attempt_limit // 4, f"control-{job.id}")
+                files.append(discord.File(io.BytesIO(control.data), control.filename, spoiler=spoiler))
+                if not spoiler:
+                    embed.set_thumbnail(url=f"attachment://{control.filename}")
             try:
                 message = await channel.send(
                     f"<@{job.user_id}>",
                     embed=embed,
-                    file=discord.File(io.BytesIO(fitted.data), fitted.filename, spoiler=spoiler),
-                    view=result_view(job.id, len(result.images)),
+                    files=files,
+                    view=result_view(job.id, len(result.images), job.kind),
                     allowed_mentions=discord.AllowedMentions(users=True, roles=False, everyone=False),
                 )
                 break
@@ -332,5 +340,8 @@ def _log_dispatcher_exit(task: asyncio.Task) -> None:
 
 def _engine_fields(params: dict[str, Any]) -> dict[str, Any]:
     """The protocol Job fields among a job's stored parameters."""
-    keys = ("prompt", "negative_prompt", "model", "width", "height", "steps", "cfg", "seed", "count", "denoise")
+    keys = (
+        "prompt", "negative_prompt", "model", "width", "height", "steps", "cfg", "seed", "count", "denoise",
+        "control_mode", "control_strength", "canny_low", "canny_high", "scale", "refine",
+    )  # fmt: skip
     return {key: params[key] for key in keys if key in params}

@@ -50,33 +50,46 @@ class FittedImage:
 
 
 def fit_upload(png: bytes, limit: int, stem: str) -> FittedImage:
-    """PNG if it fits; else high-quality WebP; else JPEG at the highest quality that fits."""
+    """PNG if it fits; else WebP (q90); else JPEG at the highest quality that fits; else a smaller JPEG."""
     if len(png) <= limit:
         return FittedImage(png, f"{stem}.png", None)
     image = Image.open(io.BytesIO(png)).convert("RGB")
     megabytes = len(png) / 2**20
-    for quality in (95, 90, 80):
-        buffer = io.BytesIO()
-        image.save(buffer, format="WEBP", quality=quality, method=4)
-        if buffer.tell() <= limit:
-            return FittedImage(
-                buffer.getvalue(), f"{stem}.webp", f"PNG was {megabytes:.1f} MB: sent as WebP (q{quality})"
-            )
-    for quality in (92, 85, 75, 60, 45, 30):
-        buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=quality, optimize=True)
-        if buffer.tell() <= limit:
-            return FittedImage(
-                buffer.getvalue(), f"{stem}.jpg", f"PNG was {megabytes:.1f} MB: sent as JPEG (q{quality})"
-            )
+    webp = _encoded(image, "WEBP", quality=90, method=4)
+    if len(webp) <= limit:
+        return FittedImage(webp, f"{stem}.webp", f"PNG was {megabytes:.1f} MB: sent as WebP (q90)")
+    # JPEG size grows with quality: binary search for the highest quality under the limit.
+    best, low, high = None, 30, 95
+    while low <= high:
+        quality = (low + high) // 2
+        data = _encoded(image, "JPEG", quality=quality, optimize=True)
+        if len(data) <= limit:
+            best, low = (quality, data), quality + 1
+        else:
+            high = quality - 1
+    if best is not None:
+        quality, data = best
+        return FittedImage(data, f"{stem}.jpg", f"PNG was {megabytes:.1f} MB: sent as JPEG (q{quality})")
     # Still too big (a tiny limit): shrink until it fits.
     while True:
         image = image.resize((max(1, image.width // 2), max(1, image.height // 2)), Image.Resampling.LANCZOS)
-        buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=80)
-        if buffer.tell() <= limit or image.width == 1:
+        data = _encoded(image, "JPEG", quality=80)
+        if len(data) <= limit or image.width == 1:
             note = f"PNG was {megabytes:.1f} MB: sent as a {image.width}x{image.height} JPEG"
-            return FittedImage(buffer.getvalue(), f"{stem}.jpg", note)
+            return FittedImage(data, f"{stem}.jpg", note)
+
+
+def _encoded(image: Image.Image, image_format: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=image_format, **options)
+    return buffer.getvalue()
+
+
+def file_description(fitted: FittedImage) -> str:
+    """Format and size of what was uploaded, e.g. "PNG, 3.2 MB" or "JPEG q87, 9.8 MB"."""
+    kind = fitted.filename.rsplit(".", 1)[-1].upper().replace("JPG", "JPEG").replace("WEBP", "WebP")
+    quality = fitted.note.rsplit("(", 1)[-1].rstrip(")") if fitted.note and "(q" in fitted.note else ""
+    return f"{kind}{' ' + quality if quality else ''}, {len(fitted.data) / 2**20:.1f} MB"
 
 
 def upload_limit(guild: discord.Guild | None, configured: int) -> int:
@@ -85,7 +98,13 @@ def upload_limit(guild: discord.Guild | None, configured: int) -> int:
 
 
 def reproduce_command(params: dict, seed: int | None = None) -> str:
-    """The exact /imagine that makes this image again."""
+    """The exact /imagine (or /control, with the same attachment) that makes this image again."""
+    if params.get("control_mode"):
+        return (
+            f"/control prompt:{params['prompt']} mode:{params['control_mode']} "
+            f"strength:{params['control_strength']:g} seed:{params['seed'] if seed is None else seed} "
+            f"steps:{params['steps']}"
+        )
     parts = [f"/imagine prompt:{params['prompt']}"]
     if params.get("negative_prompt"):
         parts.append(f"negative:{params['negative_prompt']}")
@@ -114,12 +133,30 @@ def result_embed(params: dict, seconds: float, note: str | None, image_name: str
     embed.add_field(name="Time", value=f"{seconds:.1f} s")
     if params.get("denoise", 1.0) < 1.0:
         embed.add_field(name="Vary strength", value=f"{params['denoise']:g}")
+    if params.get("control_mode"):
+        embed.add_field(name="Control", value=f"{params['control_mode']} · {params['control_strength']:g}")
     if params.get("negative_prompt"):
         embed.add_field(name="Negative", value=_clip(params["negative_prompt"], 1000), inline=False)
     if image_name:
         embed.set_image(url=f"attachment://{image_name}")
     if note:
         embed.set_footer(text=note)
+    return embed
+
+
+def upscale_embed(params: dict, seconds: float, fitted: FittedImage, image_name: str | None) -> discord.Embed:
+    """An upscale's card: sizes, method, and the format and size of the file actually sent."""
+    refined = f" + Turbo refine {params['denoise']:g}" if params.get("refine") else ""
+    embed = discord.Embed(title=f"Upscaled x{params['scale']}", colour=discord.Colour.blurple())
+    size_in, size_out = f"{params['input_width']}×{params['input_height']}", f"{params['width']}×{params['height']}"
+    embed.add_field(name="Size", value=f"{size_in} → {size_out}")
+    embed.add_field(name="Method", value=f"Real-ESRGAN x4plus{refined}")
+    embed.add_field(name="File", value=file_description(fitted))
+    embed.add_field(name="Time", value=f"{seconds:.1f} s")
+    if image_name:
+        embed.set_image(url=f"attachment://{image_name}")
+    if fitted.note:
+        embed.set_footer(text=fitted.note)
     return embed
 
 

@@ -33,8 +33,9 @@ async def _queue_follow_up(interaction: discord.Interaction, request: JobRequest
     """Reroll and Vary: the clicker's own request, under the same guild rules as a command."""
     service = _service(interaction)
     policy = interaction.client.policy
+    command = "control" if request.kind == "control" else "imagine"  # a reroll of /control is a /control
     try:
-        request.params = await policy.check(interaction, "imagine", request.params)
+        request.params = await policy.check(interaction, command, request.params)
         request.user_cap = await policy.user_cap(interaction.guild_id)
         submitted = await service.submit(request)
     except Refused as exc:
@@ -63,7 +64,7 @@ class RerollButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"zi:rer
             return
         params = {k: v for k, v in job.params.items() if k not in ("seed", "seeds")}
         request = JobRequest(interaction.guild_id, interaction.channel_id, interaction.user.id, job.kind, params)
-        if job.input_path and Path(job.input_path).exists():
+        if job.input_path and Path(job.input_path).exists():  # /control: the same control image and mode
             request.input_image = Path(job.input_path).read_bytes()
         await _queue_follow_up(interaction, request, "Reroll")
 
@@ -92,11 +93,69 @@ class VaryButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"zi:vary:
         strength = _service(interaction).config.imagine.vary_strength
         params = {k: v for k, v in job.params.items() if k not in ("seed", "seeds")}
         params |= {"count": 1, "denoise": strength, "source": [self.job_id, self.index]}
+        for key in ("control_mode", "control_strength", "canny_low", "canny_high"):  # a variation is plain img2img
+            params.pop(key, None)
         request = JobRequest(
             interaction.guild_id, interaction.channel_id, interaction.user.id, "img2img", params,
             input_image=Path(source.path).read_bytes(),
         )  # fmt: skip
         await _queue_follow_up(interaction, request, f"Variation of image {self.index + 1}")
+
+
+async def queue_upscale(
+    interaction: discord.Interaction, image: bytes, size: tuple[int, int], options: dict, notes: list[str] = ()
+) -> None:
+    """/upscale, the "Upscale image" menu and the Upscale buttons: check, queue, acknowledge once."""
+    client = interaction.client
+    try:
+        # The guild's rules (place, role, quota, cooldown); the output cap is the engine's, checked in submit.
+        params = await client.policy.check(interaction, "upscale", {"prompt": options.get("prompt", ""), "count": 1})
+        params |= {"model": "turbo", "steps": None, "width": size[0], "height": size[1]} | options
+        request = JobRequest(
+            interaction.guild_id, interaction.channel_id, interaction.user.id, "upscale", params,
+            input_image=image, user_cap=await client.policy.user_cap(interaction.guild_id),
+        )  # fmt: skip
+        submitted = await client.jobs.submit(request)
+    except Refused as exc:
+        await interaction.response.send_message(str(exc), ephemeral=True)
+        return
+    what = f"Upscale x{options['scale']}{' + refine' if options.get('refine') else ''}"
+    await interaction.response.send_message(
+        f"{what} queued — position {submitted.position}, ETA {submitted.eta} (job `{submitted.job.id}`)"
+        + "".join(f"\n{note}" for note in notes),
+        view=status_view(submitted.job.id),
+    )
+    message = await interaction.original_response()
+    await client.jobs.set_status_message(submitted.job.id, message.id)
+
+
+class UpscaleButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"zi:upscale:{ID}:(?P<index>[0-3])"):
+    """Upscale x4 of exactly the stored image `index` of a result (not the grid, not a re-render)."""
+
+    def __init__(self, job_id: str, index: int, label: str = "Upscale"):
+        button = discord.ui.Button(label=label, emoji="🔍" if label == "Upscale" else None)
+        button.custom_id = f"zi:upscale:{job_id}:{index}"
+        super().__init__(button)
+        self.job_id = job_id
+        self.index = index
+
+    @classmethod
+    async def from_custom_id(cls, interaction, item, match: re.Match[str]):
+        return cls(match["job"], int(match["index"]), item.label or "Upscale")
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        job = await _finished_job(interaction, self.job_id)
+        if job is None:
+            return
+        results = await _service(interaction).store.results_for(self.job_id)
+        if self.index >= len(results) or not Path(results[self.index].path).exists():
+            await interaction.response.send_message("That image is no longer stored.", ephemeral=True)
+            return
+        stored = results[self.index]
+        size = (stored.parameters["width"], stored.parameters["height"])
+        options = {"scale": 4, "refine": False, "denoise": 0.0, "prompt": job.params.get("prompt", "")}
+        options["source"] = [self.job_id, self.index]
+        await queue_upscale(interaction, Path(stored.path).read_bytes(), size, options)
 
 
 class InfoButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"zi:info:{ID}"):
@@ -158,7 +217,7 @@ class CancelButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"zi:can
         await interaction.response.send_message(reply, ephemeral=True)
 
 
-DYNAMIC_ITEMS = (RerollButton, VaryButton, InfoButton, DeleteButton, CancelButton)
+DYNAMIC_ITEMS = (RerollButton, VaryButton, UpscaleButton, InfoButton, DeleteButton, CancelButton)
 
 
 def status_view(job_id: str) -> discord.ui.View:
@@ -167,14 +226,20 @@ def status_view(job_id: str) -> discord.ui.View:
     return view
 
 
-def result_view(job_id: str, count: int) -> discord.ui.View:
+def result_view(job_id: str, count: int, kind: str = "txt2img") -> discord.ui.View:
     view = discord.ui.View(timeout=None)
+    if kind == "upscale":  # an upscale has no prompt to reroll, vary or show
+        view.add_item(DeleteButton(job_id))
+        return view
     view.add_item(RerollButton(job_id))
     if count == 1:
         view.add_item(VaryButton(job_id, 0))
+        view.add_item(UpscaleButton(job_id, 0))
     else:
         for index in range(count):
             view.add_item(VaryButton(job_id, index, label=f"V{index + 1}"))
+        for index in range(count):
+            view.add_item(UpscaleButton(job_id, index, label=f"U{index + 1}"))
     view.add_item(InfoButton(job_id))
     view.add_item(DeleteButton(job_id))
     return view

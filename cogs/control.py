@@ -1,0 +1,87 @@
+"""/control: an attached image guides Turbo through ControlNet Union 2.1.
+
+The attachment is downloaded and checked here, before anything is queued (Discord CDN URLs
+expire, and a bad file should cost the user one ephemeral message, not a place in the queue).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.attachments import ImageLimits, read_image_attachment, size_matching
+from bot.jobs import JobRequest, Refused
+from bot.render import ASPECTS, size_for_aspect
+from bot.views import status_view
+
+MATCH = "match image"
+
+
+class Control(commands.Cog):
+    def __init__(self, bot):
+        self.bot = bot
+        inputs = bot.config.inputs
+        self.limits = ImageLimits(max_bytes=inputs.max_bytes, max_pixels=int(inputs.max_megapixels * 1e6))
+
+    @app_commands.command(name="control", description="Generate an image that follows the shapes of an attached one.")
+    @app_commands.describe(
+        image="The image to follow (PNG, JPEG, WebP or GIF)",
+        prompt="What to draw",
+        mode="What to follow: canny edges, depth, pose, ...; none: the image already is a control map",
+        strength="How closely to follow it, 0-1 (default 0.8)",
+        aspect="Shape of the result (default: the image's own)",
+        seed="Same seed and settings give the same image",
+        steps="Denoising steps (default 8)",
+        canny_low="canny only: lower edge threshold 0-255 (lower finds more edges)",
+        canny_high="canny only: upper edge threshold 0-255",
+    )
+    @app_commands.choices(aspect=[app_commands.Choice(name=a, value=a) for a in (MATCH, *ASPECTS)])
+    async def control(
+        self,
+        interaction: discord.Interaction,
+        image: discord.Attachment,
+        prompt: str,
+        mode: Literal["canny", "depth", "pose", "lineart", "softedge", "mlsd", "scribble", "none"] = "canny",
+        strength: app_commands.Range[float, 0.0, 1.0] = 0.8,
+        aspect: str = MATCH,
+        seed: app_commands.Range[int, 0, 4294967295] | None = None,
+        steps: int | None = None,
+        canny_low: app_commands.Range[int, 0, 255] = 100,
+        canny_high: app_commands.Range[int, 0, 255] = 200,
+    ) -> None:
+        try:
+            checked = await read_image_attachment(image, self.limits)
+            target = self.bot.config.target_pixels
+            if aspect == MATCH:
+                width, height = size_matching(checked.width, checked.height, target)
+            else:
+                width, height = size_for_aspect(aspect, target)
+            params = {
+                "prompt": prompt, "model": "turbo", "aspect": aspect, "width": width, "height": height,
+                "steps": steps, "seed": seed, "count": 1, "control_mode": mode, "control_strength": strength,
+            }  # fmt: skip
+            if mode == "canny":
+                params |= {"canny_low": canny_low, "canny_high": canny_high}
+            params = await self.bot.policy.check(interaction, "control", params)
+            request = JobRequest(
+                interaction.guild_id, interaction.channel_id, interaction.user.id, "control", params,
+                input_image=checked.data, user_cap=await self.bot.policy.user_cap(interaction.guild_id),
+            )  # fmt: skip
+            submitted = await self.bot.jobs.submit(request)
+        except Refused as exc:
+            await interaction.response.send_message(str(exc), ephemeral=True)
+            return
+        notes = "".join(f"\n{note}" for note in checked.notes)
+        await interaction.response.send_message(
+            f"Queued — position {submitted.position}, ETA {submitted.eta} (job `{submitted.job.id}`){notes}",
+            view=status_view(submitted.job.id),
+        )
+        message = await interaction.original_response()
+        await self.bot.jobs.set_status_message(submitted.job.id, message.id)
+
+
+async def setup(bot) -> None:
+    await bot.add_cog(Control(bot))

@@ -1,0 +1,152 @@
+"""/control end to end (offline Discord, real tiny engine process) and the attachment checks."""
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from bot.attachments import BadImage, ImageLimits, check_image, size_matching
+from engine.images import decode_input_image
+from tests.discord_harness import JOB_ID, discord_world
+
+
+def encoded(image: Image.Image, fmt: str = "PNG", **save) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **save)
+    return buffer.getvalue()
+
+
+def drawing(size=(64, 64)) -> Image.Image:
+    image = Image.new("RGB", size, "white")
+    ImageDraw.Draw(image).ellipse((12, 12, size[0] - 12, size[1] - 12), outline="black", width=3)
+    return image
+
+
+def noise(size=(64, 64)) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(1).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+
+def declaring(width: int, height: int) -> bytes:
+    """A small real PNG whose header claims width x height: a decompression bomb's shape."""
+    data = bytearray(encoded(drawing()))
+    data[16:24] = struct.pack(">II", width, height)  # IHDR data follows the signature, length and type
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+def with_corrupt_exif(jpeg: bytes) -> bytes:
+    garbage = b"Exif\x00\x00II*\x00\xff\xff\xff\x7f" + b"\xde\xad" * 20  # IFD offset far past the end
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(garbage) + 2) + garbage + jpeg[2:]
+
+
+async def test_control_posts_the_result_with_its_control_map_and_reroll_keeps_the_image(engine_client, tmp_path):
+    async with discord_world(engine_client, tmp_path) as world:
+        source = encoded(drawing())
+        result = await world.alice.slash(
+            world.channel, "control", image=("sketch.png", source), prompt="a red cat", mode="canny",
+            strength=0.7, seed=5, steps=2,
+        )  # fmt: skip
+        assert not result.ephemeral and world.contents_sent()[0].startswith("Queued — position 1")
+        job_id = JOB_ID.search(result.response.content).group(1)
+        job = await world.wait_job(job_id)
+        assert job.state == "done", job.error
+        assert job.kind == "control" and Path(job.input_path).read_bytes() == source
+
+        posted = world.bot_messages()[-1]
+        names = [a.filename for a in posted.attachments]
+        assert names == [f"zimage-{job_id}.png", f"control-{job_id}.png"]
+        control_map = Image.open(io.BytesIO(await posted.attachments[1].read()))
+        assert control_map.size == (64, 64) and np.asarray(control_map).max() == 255  # canny found the circle
+        embed = posted.embeds[0]
+        fields = {f.name: f.value for f in embed.fields}
+        assert fields["Control"] == "canny · 0.7" and fields["Model"] == "Z-Image-Turbo"
+        assert embed.thumbnail.url.endswith(f"control-{job_id}.png")
+
+        reroll = await world.bob.click(posted, label="Reroll")
+        rerolled = await world.wait_job(JOB_ID.search(reroll.response.content).group(1))
+        assert rerolled.state == "done" and rerolled.kind == "control"
+        assert (rerolled.params["control_mode"], rerolled.params["control_strength"]) == ("canny", 0.7)
+        assert Path(rerolled.input_path).read_bytes() == source and rerolled.params["seed"] != 5
+        assert len(world.bot_messages()[-1].attachments) == 2
+
+        info = await world.alice.click(posted, label="Info")
+        reproduce = {f.name: f.value for f in info.response.embeds[0].fields}["Reproduce"]
+        assert "/control prompt:a red cat mode:canny strength:0.7 seed:5 steps:2" in reproduce
+
+
+async def test_an_animated_gif_uses_its_first_frame_and_says_so(engine_client, tmp_path):
+    frames = [drawing(), noise()]
+    gif = io.BytesIO()
+    frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    async with discord_world(engine_client, tmp_path) as world:
+        result = await world.alice.slash(
+            world.channel, "control", image=("anim.gif", gif.getvalue()), prompt="a cat", mode="none", steps=1
+        )
+        assert "`anim.gif` is animated: I used its first frame." in world.contents_sent()[0]
+        job = await world.wait_job(JOB_ID.search(result.response.content).group(1))
+        assert job.state == "done", job.error
+        stored = Image.open(job.input_path)
+        assert stored.format == "PNG" and getattr(stored, "n_frames", 1) == 1
+
+
+BAD_INPUTS = [
+    ("notes.png", b"this is a text file, renamed\n" * 20, "is not an image I can read"),
+    ("paper.pdf", b"%PDF-1.7\n1 0 obj << /Type /Catalog >> endobj\n%%EOF\n", "is a PDF"),
+    ("logo.svg", b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="64"/>', "is an SVG"),
+    ("empty.png", b"", "is empty (0 bytes)"),
+    ("cut.png", encoded(noise())[:6000], "truncated or damaged"),
+    ("cut.jpg", encoded(noise((256, 256)), "JPEG", quality=95)[:5000], "truncated or damaged"),
+    ("bomb.png", declaring(8000, 8000), "declares 8000×8000 pixels (64 MP); the limit is 40 MP"),
+    ("huge.png", declaring(30000, 30000), "declares more pixels than 40 MP"),
+    ("dot.png", encoded(Image.new("RGB", (1, 1))), "1×1: too small"),
+    ("strip.png", encoded(Image.new("RGB", (8000, 50), "white")), "aspect ratio over 6:1"),
+]
+
+
+@pytest.mark.parametrize("name, data, message", BAD_INPUTS, ids=[case[0] for case in BAD_INPUTS])
+def test_bad_attachments_are_refused_with_a_specific_message(name, data, message):
+    with pytest.raises(BadImage) as caught:
+        check_image(data, name, ImageLimits())
+    assert message in str(caught.value) and f"`{name}`" in str(caught.value)
+
+
+async def test_bad_attachments_through_discord_are_ephemeral_and_queue_nothing(engine_client, tmp_path):
+    async with discord_world(engine_client, tmp_path, inputs={"max_bytes": 20_000}) as world:
+        cases = [*BAD_INPUTS, ("big.png", encoded(noise((128, 128))), "the limit is 0.0 MB")]
+        for name, data, message in cases:
+            result = await world.alice.slash(world.channel, "control", image=(name, data), prompt="a cat")
+            assert result.ephemeral and message in result.response.content, (name, result.response.content)
+        assert len(world.bot.jobs.queue) == 0
+        assert await world.bot.store.jobs_in_state("queued", "running", "done", "failed") == []
+        # The bot is unharmed: a good image right after goes through.
+        ok = await world.alice.slash(world.channel, "control", image=("ok.png", encoded(drawing())), prompt="a cat")
+        assert not ok.ephemeral and JOB_ID.search(ok.response.content), ok.response.content
+        assert (await world.wait_job(JOB_ID.search(ok.response.content).group(1))).state == "done"
+
+
+def test_sixteen_bit_cmyk_and_corrupt_exif_are_accepted_and_converted():
+    grey16 = encoded(Image.new("I;16", (64, 64), 40000))
+    cmyk = encoded(Image.new("CMYK", (64, 80), (0, 255, 255, 0)), "JPEG")
+    exif = with_corrupt_exif(encoded(drawing(), "JPEG"))
+    for name, data in (("grey16.png", grey16), ("cmyk.jpg", cmyk), ("exif.jpg", exif)):
+        checked = check_image(data, name, ImageLimits())
+        image = decode_input_image(checked.data)  # what the engine will read
+        assert image.mode == "RGB" and image.size == (checked.width, checked.height), name
+    assert check_image(grey16, "g", ImageLimits()).data != grey16  # re-encoded to 8 bits
+    assert decode_input_image(check_image(grey16, "g", ImageLimits()).data).getpixel((0, 0))[0] in (155, 156)
+    red = decode_input_image(check_image(cmyk, "c", ImageLimits()).data).getpixel((10, 10))
+    assert red[0] > 200 and red[1] < 60 and red[2] < 60
+
+
+def test_exif_orientation_decides_the_matched_aspect():
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, seen portrait
+    checked = check_image(encoded(drawing((128, 64)), "JPEG", exif=exif.tobytes()), "phone.jpg", ImageLimits())
+    assert (checked.width, checked.height) == (64, 128)
+    assert size_matching(64, 128, 1024 * 1024) == (720, 1456)
+    assert size_matching(1000, 1000, 64 * 64) == (64, 64)
+    assert size_matching(6000, 1000, 1024 * 1024)[0] / size_matching(6000, 1000, 1024 * 1024)[1] < 2.4
