@@ -20,8 +20,9 @@ def fields_of(message) -> dict[str, str]:
 async def test_slash_upscale_and_the_message_menu(engine_client, tmp_path):
     async with discord_world(engine_client, tmp_path) as world:
         result = await world.alice.slash(world.channel, "upscale", image=("small.png", encoded(noise((24, 20)))))
-        assert not result.ephemeral and world.contents_sent()[0].startswith("Upscale x4 queued — position 1")
-        job = await world.wait_job(JOB_ID.search(result.response.content).group(1))
+        queued = world.contents_sent()[0]  # the status message may already be gone: see the menu below
+        assert not result.ephemeral and queued.startswith("Upscale x4 queued — position 1")
+        job = await world.wait_job(JOB_ID.search(queued).group(1))
         assert job.state == "done", job.error
         assert job.kind == "upscale" and job.params["scale"] == 4 and not job.params["refine"]
         posted = world.bot_messages()[-1]
@@ -54,8 +55,9 @@ async def test_upscale_buttons_enqueue_the_exact_stored_image(engine_client, tmp
         labels = [c.label for row in grid.components for c in row.children]
         assert labels == ["Reroll", "V1", "V2", "U1", "U2", "Info", "Delete"]
         clicked = await world.bob.click(grid, label="U2")
-        assert not clicked.ephemeral and any(t.startswith("Upscale x4 queued") for t in world.contents_sent())
-        upscale = await world.wait_job(JOB_ID.search(clicked.response.content).group(1))
+        queued = [t for t in world.contents_sent() if t.startswith("Upscale x4 queued")]
+        assert not clicked.ephemeral and queued  # the status message itself is deleted once the result is out
+        upscale = await world.wait_job(JOB_ID.search(queued[0]).group(1))
         assert upscale.state == "done", upscale.error
         stored = await world.bot.store.results_for(job_id)
         assert open(upscale.input_path, "rb").read() == open(stored[1].path, "rb").read()
