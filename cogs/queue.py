@@ -84,12 +84,14 @@ class QueueCommands(commands.Cog):
             name="Commands",
             value=(
                 "`/imagine prompt` — text to image (Turbo: fast; Base: 30 steps, honours negatives)\n"
-                "Buttons: **Reroll** new seed · **Vary** / V1–V4 img2img · **Info** settings · **Delete**\n"
+                "`/control image prompt [mode]` — follow the edges, depth or pose of your image (Turbo)\n"
+                "`/upscale image [scale] [refine]` — Real-ESRGAN ×2/×4; also the **Upscale image** message menu\n"
+                "Buttons: **Reroll** new seed · **Vary** / V1–V4 img2img · **Upscale** / U1–U4 · **Info** · **Delete**\n"
                 "`/queue` — your jobs · `/cancel` — stop a queued job · `/config` — settings (Manage Server)"
             ),
             inline=False,
         )
-        enabled = ", ".join(f"/{c}" for c in rules["commands"] if c == "imagine") or "none"
+        enabled = ", ".join(f"/{c}" for c in rules["commands"]) or "none"
         embed.add_field(name="Enabled here", value=enabled)
         embed.add_field(name="Default model", value=rules["default_model"])
         for key in HELP_LIMITS:

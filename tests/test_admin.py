@@ -223,7 +223,9 @@ async def test_queue_and_help_show_positions_and_this_servers_limits(engine_clie
         cancelled = await world.alice.click(listing.response.message, label=f"Cancel {second[:6]}")
         assert "never reached the GPU" in cancelled.response.content
         await config_set(world, "daily_quota", "5")
+        await config_set(world, "commands", "imagine, upscale")
         shown = await world.bob.slash(world.channel, "help")
         fields = {field.name: field.value for field in shown.response.embeds[0].fields}
         assert shown.ephemeral and fields["daily quota"] == "5" and fields["max steps turbo"] == "50"
+        assert fields["Enabled here"] == "/imagine, /upscale" and "/control image prompt" in fields["Commands"]
         world.bot.jobs.resume()

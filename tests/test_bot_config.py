@@ -57,9 +57,10 @@ def test_bad_config_key_stops_the_launcher_with_its_name(tmp_path):
 
 def test_the_bot_side_never_imports_torch_or_diffsynth():
     code = (
-        "import sys, bot, cogs.imagine, bot.views, bot.jobs; from bot import create_bot, load_config;"
-        "create_bot(load_config('config.toml'));"
-        "print(sorted(m for m in ('torch', 'diffsynth', 'transformers') if m in sys.modules))"
+        "import sys, bot, bot.views, bot.jobs, bot.attachments, cogs.imagine, cogs.control, cogs.upscale,"
+        " cogs.admin, cogs.queue; from bot import create_bot, load_config; create_bot(load_config('config.toml'));"
+        "heavy = ('torch', 'diffsynth', 'transformers', 'controlnet_aux', 'realesrgan', 'basicsr', 'cv2');"
+        "print(sorted(m for m in heavy if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
