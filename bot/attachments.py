@@ -37,6 +37,10 @@ class ImageLimits:
     max_aspect: float = 6.0  # longer side / shorter side
 
 
+# Above this, downloading and checking may take longer than Discord's 3 s acknowledgement window.
+DEFER_ABOVE_BYTES = 4 * 1024 * 1024
+
+
 @dataclass
 class InputImage:
     data: bytes  # the file to store with the job (re-encoded PNG when it had to be converted)
@@ -46,8 +50,14 @@ class InputImage:
     notes: list[str] = field(default_factory=list)  # said to the user with the queued message
 
 
-async def read_image_attachment(attachment: discord.Attachment, limits: ImageLimits) -> InputImage:
-    """Download and check an attachment; raises BadImage with a specific message."""
+async def read_image_attachment(
+    attachment: discord.Attachment, limits: ImageLimits, interaction: discord.Interaction | None = None
+) -> InputImage:
+    """Download and check an attachment; raises BadImage with a specific message.
+
+    With `interaction`, a large file is acknowledged (privately) before the download, which could
+    outlast Discord's 3 s; replies then go through bot.views.refuse / post_queued.
+    """
     name = attachment.filename
     if attachment.size == 0:
         raise BadImage(f"`{name}` is empty (0 bytes): attach the image again.")
@@ -55,6 +65,8 @@ async def read_image_attachment(attachment: discord.Attachment, limits: ImageLim
         raise BadImage(
             f"`{name}` is {_mb(attachment.size)}; the limit is {_mb(limits.max_bytes)}. Attach a smaller file."
         )
+    if interaction is not None and attachment.size > DEFER_ABOVE_BYTES and not interaction.response.is_done():
+        await interaction.response.defer(ephemeral=True, thinking=True)
     try:
         data = await attachment.read()
     except (discord.HTTPException, discord.NotFound) as exc:

@@ -17,6 +17,26 @@ from bot.render import info_embed
 ID = r"(?P<job>[0-9a-f]{6,16})"
 
 
+async def refuse(interaction: discord.Interaction, text: str) -> None:
+    """An ephemeral refusal, whether or not the interaction was deferred first."""
+    if interaction.response.is_done():
+        await interaction.followup.send(text, ephemeral=True)
+    else:
+        await interaction.response.send_message(text, ephemeral=True)
+
+
+async def post_queued(interaction: discord.Interaction, text: str, job_id: str) -> None:
+    """The public status message of a queued job (progress edits go to it, with the bot token)."""
+    if interaction.response.is_done():
+        # Deferred privately while a large attachment downloaded: the status goes to the channel.
+        message = await interaction.channel.send(f"<@{interaction.user.id}> {text}", view=status_view(job_id))
+        await interaction.followup.send(f"Queued: {message.jump_url}", ephemeral=True)
+    else:
+        await interaction.response.send_message(text, view=status_view(job_id))
+        message = await interaction.original_response()
+    await _service(interaction).set_status_message(job_id, message.id)
+
+
 def _service(interaction: discord.Interaction):
     return interaction.client.jobs
 
@@ -39,14 +59,10 @@ async def _queue_follow_up(interaction: discord.Interaction, request: JobRequest
         request.user_cap = await policy.user_cap(interaction.guild_id)
         submitted = await service.submit(request)
     except Refused as exc:
-        await interaction.response.send_message(str(exc), ephemeral=True)
+        await refuse(interaction, str(exc))
         return
-    await interaction.response.send_message(
-        f"{what} queued — position {submitted.position}, ETA {submitted.eta} (job `{submitted.job.id}`)",
-        view=status_view(submitted.job.id),
-    )
-    message = await interaction.original_response()
-    await service.set_status_message(submitted.job.id, message.id)
+    text = f"{what} queued — position {submitted.position}, ETA {submitted.eta} (job `{submitted.job.id}`)"
+    await post_queued(interaction, text, submitted.job.id)
 
 
 class RerollButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"zi:reroll:{ID}"):
@@ -117,16 +133,11 @@ async def queue_upscale(
         )  # fmt: skip
         submitted = await client.jobs.submit(request)
     except Refused as exc:
-        await interaction.response.send_message(str(exc), ephemeral=True)
+        await refuse(interaction, str(exc))
         return
     what = f"Upscale x{options['scale']}{' + refine' if options.get('refine') else ''}"
-    await interaction.response.send_message(
-        f"{what} queued — position {submitted.position}, ETA {submitted.eta} (job `{submitted.job.id}`)"
-        + "".join(f"\n{note}" for note in notes),
-        view=status_view(submitted.job.id),
-    )
-    message = await interaction.original_response()
-    await client.jobs.set_status_message(submitted.job.id, message.id)
+    text = f"{what} queued — position {submitted.position}, ETA {submitted.eta} (job `{submitted.job.id}`)"
+    await post_queued(interaction, text + "".join(f"\n{note}" for note in notes), submitted.job.id)
 
 
 class UpscaleButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"zi:upscale:{ID}:(?P<index>[0-3])"):

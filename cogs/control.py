@@ -15,7 +15,7 @@ from discord.ext import commands
 from bot.attachments import ImageLimits, read_image_attachment, size_matching
 from bot.jobs import JobRequest, Refused
 from bot.render import ASPECTS, size_for_aspect
-from bot.views import status_view
+from bot.views import post_queued, refuse
 
 MATCH = "match image"
 
@@ -53,7 +53,7 @@ class Control(commands.Cog):
         canny_high: app_commands.Range[int, 0, 255] = 200,
     ) -> None:
         try:
-            checked = await read_image_attachment(image, self.limits)
+            checked = await read_image_attachment(image, self.limits, interaction)
             target = self.bot.config.target_pixels
             if aspect == MATCH:
                 width, height = size_matching(checked.width, checked.height, target)
@@ -72,15 +72,11 @@ class Control(commands.Cog):
             )  # fmt: skip
             submitted = await self.bot.jobs.submit(request)
         except Refused as exc:
-            await interaction.response.send_message(str(exc), ephemeral=True)
+            await refuse(interaction, str(exc))
             return
         notes = "".join(f"\n{note}" for note in checked.notes)
-        await interaction.response.send_message(
-            f"Queued — position {submitted.position}, ETA {submitted.eta} (job `{submitted.job.id}`){notes}",
-            view=status_view(submitted.job.id),
-        )
-        message = await interaction.original_response()
-        await self.bot.jobs.set_status_message(submitted.job.id, message.id)
+        text = f"Queued — position {submitted.position}, ETA {submitted.eta} (job `{submitted.job.id}`){notes}"
+        await post_queued(interaction, text, submitted.job.id)
 
 
 async def setup(bot) -> None:

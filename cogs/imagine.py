@@ -10,7 +10,7 @@ from discord.ext import commands
 
 from bot.jobs import JobRequest, Refused
 from bot.render import ASPECTS, size_for_aspect
-from bot.views import status_view
+from bot.views import post_queued, refuse
 
 
 class Imagine(commands.Cog):
@@ -54,14 +54,10 @@ class Imagine(commands.Cog):
             )  # fmt: skip
             submitted = await self.bot.jobs.submit(request)
         except Refused as exc:
-            await interaction.response.send_message(str(exc), ephemeral=True)
+            await refuse(interaction, str(exc))
             return
-        await interaction.response.send_message(
-            f"Queued — position {submitted.position}, ETA {submitted.eta} (job `{submitted.job.id}`)",
-            view=status_view(submitted.job.id),
-        )
-        message = await interaction.original_response()
-        await self.bot.jobs.set_status_message(submitted.job.id, message.id)
+        text = f"Queued — position {submitted.position}, ETA {submitted.eta} (job `{submitted.job.id}`)"
+        await post_queued(interaction, text, submitted.job.id)
 
 
 async def setup(bot) -> None:

@@ -13,7 +13,7 @@ from discord.ext import commands
 
 from bot.attachments import ImageLimits, read_image_attachment
 from bot.jobs import Refused
-from bot.views import queue_upscale
+from bot.views import queue_upscale, refuse
 from engine.protocol import MAX_REFINE_DENOISE, MIN_UPSCALE_SIDE
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff")
@@ -74,9 +74,9 @@ class Upscale(commands.Cog):
         if not options["refine"]:
             options["denoise"] = 0.0  # strength means nothing without the refine pass
         try:
-            checked = await read_image_attachment(attachment, self.limits)
+            checked = await read_image_attachment(attachment, self.limits, interaction)
         except Refused as exc:
-            await interaction.response.send_message(str(exc), ephemeral=True)
+            await refuse(interaction, str(exc))
             return
         await queue_upscale(interaction, checked.data, (checked.width, checked.height), options, checked.notes)
 

@@ -150,3 +150,22 @@ def test_exif_orientation_decides_the_matched_aspect():
     assert size_matching(64, 128, 1024 * 1024) == (720, 1456)
     assert size_matching(1000, 1000, 64 * 64) == (64, 64)
     assert size_matching(6000, 1000, 1024 * 1024)[0] / size_matching(6000, 1000, 1024 * 1024)[1] < 2.4
+
+
+async def test_a_large_attachment_is_acknowledged_first_and_its_status_posted_in_the_channel(engine_client, tmp_path):
+    from bot.attachments import DEFER_ABOVE_BYTES
+
+    async with discord_world(engine_client, tmp_path) as world:
+        large = encoded(noise((1300, 1300)))  # noise does not compress: over the deferral threshold
+        assert len(large) > DEFER_ABOVE_BYTES
+        result = await world.alice.slash(world.channel, "control", image=("large.png", large), prompt="a cat")
+        assert result.ephemeral and result.response.content.startswith("Queued: ")
+        queued = [t for t in world.contents_sent() if t.startswith(f"<@{world.alice.id}> Queued — position 1")]
+        assert queued, world.contents_sent()
+        job = await world.wait_job(JOB_ID.search(queued[0]).group(1))
+        assert job.state == "done" and any(m.attachments for m in world.bot_messages())
+
+        refused = await world.alice.slash(
+            world.channel, "control", image=("large.txt.png", b"x" * (5 << 20)), prompt="a cat"
+        )
+        assert refused.ephemeral and "is not an image" in refused.response.content, refused.response.content
