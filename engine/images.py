@@ -25,6 +25,17 @@ LATENT_RGB_BIAS = [-0.0329, -0.0718, -0.0851]
 def parameters_text(params: dict[str, Any]) -> str:
     """The A1111-style `parameters` chunk most image viewers and sites understand."""
     lines = [params.get("prompt", "")]
+    if params.get("kind") == "upscale":
+        fields = [
+            f"Upscaler: Real-ESRGAN x4plus, Scale: {params['scale']}",
+            f"Size: {params['width']}x{params['height']}",
+            f"Source size: {params['input_width']}x{params['input_height']}",
+        ]
+        if params.get("refine"):  # the refine pass is a Turbo img2img over tiles
+            fields += [f"Refine: {MODEL_LABELS['turbo']}", f"Steps: {params['steps']}", f"Seed: {params['seed']}"]
+            fields.append(f"Denoising strength: {params['denoise']}")
+        lines.append(", ".join(fields))
+        return "\n".join(lines)
     if params.get("negative_prompt"):
         lines.append(f"Negative prompt: {params['negative_prompt']}")
     fields = [

@@ -107,6 +107,10 @@ def test_refine_pass_with_the_tiny_pipeline(tiny_pipeline, tiny_limits):
     refined = Image.open(io.BytesIO(result.images[0]))
     assert refined.size == (96, 96)
     assert json.loads(refined.text["zimage"])["refine"] is True
+    assert refined.text["parameters"].endswith(
+        "Upscaler: Real-ESRGAN x4plus, Scale: 4, Size: 96x96, Source size: 24x24, Refine: Z-Image-Turbo, Steps: 2, "
+        "Seed: 5, Denoising strength: 0.3"
+    )
     # 1 Real-ESRGAN tile (512 px tiles), then 2x2 overlapping refine tiles of 64 px x 2 steps.
     assert progress[-1] == (9, 9) and len(progress) == 9
     assert {"upscale", "refine", "total"} <= result.timings.keys()
