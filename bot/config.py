@@ -66,11 +66,14 @@ class UpscaleConfig:
     refine_denoise: float = 0.3  # strength of the optional Turbo pass (/upscale refine:true), up to 0.6
     tile: int = 512  # Real-ESRGAN tile side in input pixels; 0 = whole image (faster, more VRAM)
     tile_pad: int = 16  # context around each tile, hides seams
+    refine_tile: int = 0  # refine tile side in output pixels; 0 = 1024 (tiny model: 64)
+    refine_overlap: int = 128  # pixels neighbouring refine tiles share, blended with linear ramps
 
     def engine_args(self) -> list[str]:
         return [
             "--upscale-max-side", str(self.max_side), "--upscale-tile", str(self.tile),
-            "--upscale-tile-pad", str(self.tile_pad),
+            "--upscale-tile-pad", str(self.tile_pad), "--refine-tile", str(self.refine_tile),
+            "--refine-overlap", str(self.refine_overlap),
         ]  # fmt: skip
 
 
@@ -123,6 +126,8 @@ def _section(cls, name: str, raw: dict[str, Any]):
             raise ConfigError(f"{name}.{key} must be one of {', '.join(CHOICES[(name, key)])}; got {value!r}")
         if (name, key) in POSITIVE and value <= 0:
             raise ConfigError(f"{name}.{key} must be positive; got {value!r}")
+        if (name, key) == ("upscale", "refine_tile") and value and (value % 16 or value < 64):
+            raise ConfigError(f"upscale.refine_tile must be 0 or a multiple of 16 from 64; got {value}")
         values[key] = value
     return cls(**values)
 

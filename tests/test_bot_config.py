@@ -22,6 +22,7 @@ def test_shipped_config_is_valid_and_defaults_to_real_weights():
         ({"engine": {"models": "sdxl"}}, "engine.models must be one of zimage, tiny"),
         ({"queue": {"per_user": "3"}}, "queue.per_user must be a int"),
         ({"queue": {"per_user": 0}}, "queue.per_user must be positive"),
+        ({"upscale": {"refine_tile": 1000}}, "upscale.refine_tile must be 0 or a multiple of 16 from 64; got 1000"),
         ({"engin": {}}, "unknown section [engin]"),
     ],
 )
