@@ -76,8 +76,16 @@ class World:
     async def imagine(self, member, **options):
         """Run /imagine; returns (interaction result, job id or None)."""
         result = await member.slash(self.channel, "imagine", **options)
-        match = JOB_ID.search(result.response.content) if result.response else None
-        return result, match and match.group(1)
+        return result, self.job_id(result)
+
+    def job_id(self, result) -> str | None:
+        """The job an interaction queued. Its status message is deleted once the result is out, which
+        a fast job can do before the interaction returns: then the latest job id the bot sent."""
+        if result.response is not None:
+            match = JOB_ID.search(result.response.content)
+            return match and match.group(1)
+        found = JOB_ID.findall("\n".join(self.contents_sent()))
+        return found[-1] if found else None
 
     def contents_sent(self) -> list[str]:
         """Every message content the bot sent or edited, in order (Discord keeps only the latest)."""

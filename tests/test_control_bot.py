@@ -51,7 +51,7 @@ async def test_control_posts_the_result_with_its_control_map_and_reroll_keeps_th
             strength=0.7, seed=5, steps=2,
         )  # fmt: skip
         assert not result.ephemeral and world.contents_sent()[0].startswith("Queued — position 1")
-        job_id = JOB_ID.search(result.response.content).group(1)
+        job_id = world.job_id(result)
         job = await world.wait_job(job_id)
         assert job.state == "done", job.error
         assert job.kind == "control" and Path(job.input_path).read_bytes() == source
@@ -67,7 +67,7 @@ async def test_control_posts_the_result_with_its_control_map_and_reroll_keeps_th
         assert embed.thumbnail.url.endswith(f"control-{job_id}.png")
 
         reroll = await world.bob.click(posted, label="Reroll")
-        rerolled = await world.wait_job(JOB_ID.search(reroll.response.content).group(1))
+        rerolled = await world.wait_job(world.job_id(reroll))
         assert rerolled.state == "done" and rerolled.kind == "control"
         assert (rerolled.params["control_mode"], rerolled.params["control_strength"]) == ("canny", 0.7)
         assert Path(rerolled.input_path).read_bytes() == source and rerolled.params["seed"] != 5
@@ -87,7 +87,7 @@ async def test_an_animated_gif_uses_its_first_frame_and_says_so(engine_client, t
             world.channel, "control", image=("anim.gif", gif.getvalue()), prompt="a cat", mode="none", steps=1
         )
         assert "`anim.gif` is animated: I used its first frame." in world.contents_sent()[0]
-        job = await world.wait_job(JOB_ID.search(result.response.content).group(1))
+        job = await world.wait_job(world.job_id(result))
         assert job.state == "done", job.error
         stored = Image.open(job.input_path)
         assert stored.format == "PNG" and getattr(stored, "n_frames", 1) == 1
@@ -124,8 +124,8 @@ async def test_bad_attachments_through_discord_are_ephemeral_and_queue_nothing(e
         assert await world.bot.store.jobs_in_state("queued", "running", "done", "failed") == []
         # The bot is unharmed: a good image right after goes through.
         ok = await world.alice.slash(world.channel, "control", image=("ok.png", encoded(drawing())), prompt="a cat")
-        assert not ok.ephemeral and JOB_ID.search(ok.response.content), ok.response.content
-        assert (await world.wait_job(JOB_ID.search(ok.response.content).group(1))).state == "done"
+        assert not ok.ephemeral and world.job_id(ok)
+        assert (await world.wait_job(world.job_id(ok))).state == "done"
 
 
 def test_sixteen_bit_cmyk_and_corrupt_exif_are_accepted_and_converted():

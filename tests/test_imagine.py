@@ -45,12 +45,12 @@ async def test_reroll_vary_info_and_delete_buttons(engine_client, tmp_path):
 
         reroll = await world.bob.click(original, label="Reroll")
         assert not reroll.ephemeral and any(text.startswith("Reroll queued") for text in world.contents_sent())
-        reroll_job = await world.wait_job(_job_of(reroll))
+        reroll_job = await world.wait_job(world.job_id(reroll))
         assert reroll_job.state == "done" and reroll_job.params["seed"] != 7 and reroll_job.user_id == world.bob.id
         assert reroll_job.params["prompt"] == "a blue dog"
 
         vary = await world.alice.click(original, label="Vary")
-        vary_job = await world.wait_job(_job_of(vary))
+        vary_job = await world.wait_job(world.job_id(vary))
         assert vary_job.state == "done" and vary_job.kind == "img2img" and vary_job.params["denoise"] == 0.6
         assert vary_job.params["seed"] != 7
 
@@ -66,12 +66,6 @@ async def test_reroll_vary_info_and_delete_buttons(engine_client, tmp_path):
         assert original.id not in [m.id for m in world.channel.history()]
 
 
-def _job_of(interaction_result) -> str:
-    from tests.discord_harness import JOB_ID
-
-    return JOB_ID.search(interaction_result.response.content).group(1)
-
-
 async def test_count_four_posts_a_grid_with_v_buttons(engine_client, tmp_path):
     async with discord_world(engine_client, tmp_path) as world:
         _, job_id = await world.imagine(world.alice, prompt="a cat", seed=3, steps=2, count=4)
@@ -85,7 +79,7 @@ async def test_count_four_posts_a_grid_with_v_buttons(engine_client, tmp_path):
         results = await world.bot.store.results_for(job_id)
         assert [r.seed for r in results] == [3, 4, 5, 6]
         v3 = await world.alice.click(posted, label="V3")
-        varied = await world.wait_job(_job_of(v3))
+        varied = await world.wait_job(world.job_id(v3))
         assert varied.state == "done" and varied.params["source"] == [job_id, 2]
 
 
