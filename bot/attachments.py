@@ -37,8 +37,10 @@ class ImageLimits:
     max_aspect: float = 6.0  # longer side / shorter side
 
 
-# Above this, downloading and checking may take longer than Discord's 3 s acknowledgement window.
+# Above these (file size, or the pixel count Discord reports), downloading and checking may take
+# longer than Discord's 3 s acknowledgement window: acknowledge first.
 DEFER_ABOVE_BYTES = 4 * 1024 * 1024
+DEFER_ABOVE_PIXELS = 6_000_000
 
 
 @dataclass
@@ -65,7 +67,7 @@ async def read_image_attachment(
         raise BadImage(
             f"`{name}` is {_mb(attachment.size)}; the limit is {_mb(limits.max_bytes)}. Attach a smaller file."
         )
-    if interaction is not None and attachment.size > DEFER_ABOVE_BYTES and not interaction.response.is_done():
+    if interaction is not None and may_be_slow(attachment) and not interaction.response.is_done():
         await interaction.response.defer(ephemeral=True, thinking=True)
     try:
         data = await attachment.read()
@@ -73,6 +75,12 @@ async def read_image_attachment(
         raise BadImage(f"`{name}` could not be downloaded from Discord ({exc.status}); try again.") from None
     # Decoding a large image takes a while: keep it off the gateway's event loop.
     return await asyncio.to_thread(check_image, data, name, limits)
+
+
+def may_be_slow(attachment: discord.Attachment) -> bool:
+    """Whether reading this attachment could outlast 3 s: a large file, or many pixels (a phone photo)."""
+    declared_pixels = (attachment.width or 0) * (attachment.height or 0)  # Discord's, when it knows them
+    return attachment.size > DEFER_ABOVE_BYTES or declared_pixels > DEFER_ABOVE_PIXELS
 
 
 def check_image(data: bytes, name: str, limits: ImageLimits) -> InputImage:
@@ -115,7 +123,8 @@ def _check_opened(image: Image.Image, data: bytes, name: str, limits: ImageLimit
             f"{limits.min_side} pixels on each side."
         )
     notes, convert = [], image.mode not in PASS_THROUGH_MODES
-    if getattr(image, "n_frames", 1) > 1:
+    # An MPO is a phone photo with extra frames (depth map, HDR gain map): a still image, kept as is.
+    if getattr(image, "n_frames", 1) > 1 and image.format != "MPO":
         notes.append(f"`{name}` is animated: I used its first frame.")
         convert = True
     try:

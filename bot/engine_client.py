@@ -43,6 +43,7 @@ class EngineClient:
         low_vram: str = "auto",
         controlnet_file: str = "",
         restart_backoff: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 30.0),
+        max_failed_starts: int = 5,
         env: dict[str, str] | None = None,
         extra_args: list[str] | tuple[str, ...] = (),  # e.g. UpscaleConfig.engine_args()
     ):
@@ -55,8 +56,10 @@ class EngineClient:
         self.restart_backoff = restart_backoff
         self.process: asyncio.subprocess.Process | None = None
         self.ready_info: Ready | None = None
-        self.fatal: str | None = None  # set when restarting cannot help (missing weights)
-        self.restarts = 0
+        self.fatal: str | None = None  # set when restarting cannot help (missing weights, or start-up keeps failing)
+        self.restarts = 0  # in a row, without the engine becoming ready in between
+        self.max_failed_starts = max_failed_starts
+        self._cancelled: set[str] = set()  # cancels that arrived before their job reached the engine
         self._ready = asyncio.Event()
         self._current: tuple[str, asyncio.Future, ProgressHandler | None] | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -138,6 +141,9 @@ class EngineClient:
         async with self._lock:
             await self._engine_idle.wait()
             await self.wait_ready()
+            if job.job_id in self._cancelled:  # cancelled while the engine loaded, restarted or was busy
+                self._cancelled.discard(job.job_id)
+                return Failure(job.job_id, FailureKind.CANCELLED, "Cancelled before it reached the GPU.")
             future = asyncio.get_running_loop().create_future()
             self._current = (job.job_id, future, on_progress)
             self._engine_idle.clear()
@@ -149,7 +155,9 @@ class EngineClient:
                 self._engine_idle.set()
                 raise EngineDead("the engine closed its input") from exc
             try:
-                return await future
+                outcome = await future
+                self._cancelled.discard(job.job_id)
+                return outcome
             except asyncio.CancelledError:
                 # The caller gave up (shutdown): free the engine for the next job.
                 with contextlib.suppress(ConnectionError, RuntimeError):
@@ -159,6 +167,11 @@ class EngineClient:
                 self._current = None
 
     async def cancel(self, job_id: str) -> None:
+        """Stop `job_id` at its next step; if it has not reached the engine yet, it never will.
+
+        The id is remembered until the job's final answer, so a retry after a crash honours it too.
+        """
+        self._cancelled.add(job_id)
         if self._current and self._current[0] == job_id and self.process and self.process.returncode is None:
             with contextlib.suppress(ConnectionError):
                 self.process.stdin.write(protocol.encode(Cancel(job_id)))
@@ -183,6 +196,7 @@ class EngineClient:
     async def _dispatch(self, message: protocol.Message) -> None:
         if isinstance(message, Ready):
             self.ready_info = message
+            self.restarts = 0
             self._ready.set()
             log.info("engine ready on %s with %s models", message.device, message.models)
             return
@@ -217,6 +231,12 @@ class EngineClient:
             self._current[1].set_exception(EngineDead(f"the engine exited with code {process.returncode}"))
         if self._closing:
             return
+        if not self.fatal and self.restarts >= self.max_failed_starts:
+            self.fatal = (
+                f"The image engine failed to start {self.restarts} times in a row; the bot's operator "
+                "needs to look at its log."
+            )
+            log.error("giving up on the engine: %s", self.fatal)
         if self.fatal:
             self._ready.set()  # wake waiters: wait_ready raises EngineUnavailable with the reason
             return

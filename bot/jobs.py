@@ -151,6 +151,16 @@ class JobService:
 
     async def set_status_message(self, job_id: str, message_id: int) -> None:
         await self.store.update_job(job_id, status_message_id=message_id)
+        job = await self.store.get_job(job_id)
+        if job is None:
+            return
+        if job.state == "done":  # it finished before its status message was posted: nothing to show
+            message = self.client.get_partial_messageable(job.channel_id).get_partial_message(message_id)
+            with contextlib.suppress(discord.HTTPException):
+                await message.delete()
+        elif job.state in ("failed", "cancelled"):
+            text = "Cancelled." if job.state == "cancelled" else f"<@{job.user_id}> that failed: {job.error}"
+            await self._edit_status(job, content=text, view=None, attachments=[])
 
     async def cancel(self, job_id: str, user_id: int, *, may_cancel_others: bool = False) -> str:
         job = await self.store.get_job(job_id)
@@ -207,10 +217,10 @@ class JobService:
                 await self._run(queued)
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as exc:
                 log.exception("job %s: delivery failed", queued.job_id)
                 with contextlib.suppress(Exception):
-                    await self.store.update_job(queued.job_id, state="failed", error="internal error")
+                    await self._fail_delivery(queued.job_id, exc)
 
     async def _run(self, queued: QueuedJob) -> None:
         job = await self.store.get_job(queued.job_id)
@@ -257,6 +267,18 @@ class JobService:
                     return Failure(job.id, FailureKind.INTERNAL, message)
             except EngineUnavailable as exc:
                 return Failure(job.id, FailureKind.MISSING_WEIGHTS, str(exc))
+
+    async def _fail_delivery(self, job_id: str, exc: Exception) -> None:
+        """The job could not be run or posted: say so on its status message, so nobody waits for it."""
+        await self.store.update_job(job_id, state="failed", error="internal error", finished_at=time.time())
+        job = await self.store.get_job(job_id)
+        if job is None:
+            return
+        if isinstance(exc, discord.Forbidden):
+            reason = "I may not post in this channel (I need Send Messages, Attach Files and Embed Links here)."
+        else:
+            reason = "something went wrong on our side while posting the result; try again."
+        await self._edit_status(job, content=f"<@{job.user_id}> that failed: {reason}", view=None, attachments=[])
 
     def _progress_handler(self, job: JobRecord):
         interval = self.config.imagine.progress_interval

@@ -62,6 +62,7 @@ class Policy:
         if rules["channels"] and interaction.channel_id not in rules["channels"]:
             places = ", ".join(f"<#{c}>" for c in rules["channels"])
             raise Refused(f"On this server I make images only in {places}.")
+        self._check_bot_permissions(interaction)
         if command not in rules["commands"]:
             raise Refused(f"/{command} is turned off on this server.")
         if rules["roles"]:
@@ -69,6 +70,23 @@ class Policy:
             if not member_roles & set(rules["roles"]):
                 roles = ", ".join(f"<@&{r}>" for r in rules["roles"])
                 raise Refused(f"On this server only members with {roles} can make images.")
+
+    @staticmethod
+    def _check_bot_permissions(interaction: discord.Interaction) -> None:
+        """Results are posted later with the bot token, which needs these in the channel (a reply does not)."""
+        send = "send_messages_in_threads" if isinstance(interaction.channel, discord.Thread) else "send_messages"
+        needed = {
+            "view_channel": "View Channel",
+            send: "Send Messages",
+            "attach_files": "Attach Files",
+            "embed_links": "Embed Links",
+        }
+        missing = [name for flag, name in needed.items() if not getattr(interaction.app_permissions, flag)]
+        if missing:
+            raise Refused(
+                f"I can't post images in this channel: I'm missing {', '.join(missing)} here. "
+                "Ask a server admin to grant them, or use another channel."
+            )
 
     def _check_blocklist(self, params: dict[str, Any], rules: dict[str, Any]) -> None:
         texts = [params.get("prompt") or "", params.get("negative_prompt") or ""]
@@ -101,6 +119,8 @@ class Policy:
         if quota:
             day_start = start_of_utc_day(now)
             used = await store.count_user_images_since(user_id, guild_id, day_start)
+            if count > quota:
+                raise Refused(f"This server allows {quota} images per member a day; ask for {quota} or fewer.")
             if used + count > quota:
                 resets_in = day_start + timedelta(days=1).total_seconds() - now
                 raise Refused(

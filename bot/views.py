@@ -123,6 +123,11 @@ async def queue_upscale(
 ) -> None:
     """/upscale, the "Upscale image" menu and the Upscale buttons: check, queue, acknowledge once."""
     client = interaction.client
+    if options.get("scale") is None:  # buttons and the menu: x4, or x2 where x4 would pass the output cap
+        cap = client.jobs.limits.max_upscale_side
+        options = {**options, "scale": 4 if max(size) * 4 <= cap or max(size) * 2 > cap else 2}
+        if options["scale"] == 2:
+            notes = [*notes, f"x2, since x4 would be larger than {cap} pixels."]
     try:
         # The guild's rules (place, role, quota, cooldown); the output cap is the engine's, checked in submit.
         params = await client.policy.check(interaction, "upscale", {"prompt": options.get("prompt", ""), "count": 1})
@@ -141,7 +146,7 @@ async def queue_upscale(
 
 
 class UpscaleButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"zi:upscale:{ID}:(?P<index>[0-3])"):
-    """Upscale x4 of exactly the stored image `index` of a result (not the grid, not a re-render)."""
+    """Upscale (x4, or x2 where x4 is too large) of exactly the stored image `index` of a result."""
 
     def __init__(self, job_id: str, index: int, label: str = "Upscale"):
         button = discord.ui.Button(label=label, emoji="🔍" if label == "Upscale" else None)
@@ -164,7 +169,7 @@ class UpscaleButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"zi:up
             return
         stored = results[self.index]
         size = (stored.parameters["width"], stored.parameters["height"])
-        options = {"scale": 4, "refine": False, "denoise": 0.0, "prompt": job.params.get("prompt", "")}
+        options = {"scale": None, "refine": False, "denoise": 0.0, "prompt": job.params.get("prompt", "")}
         options["source"] = [self.job_id, self.index]
         await queue_upscale(interaction, Path(stored.path).read_bytes(), size, options)
 

@@ -105,7 +105,9 @@ class ConfigCommands(app_commands.Group, name="config", description="This server
             new = "default" if change["new_value"] is None else str(change["new_value"])
             when = discord.utils.format_dt(datetime.fromtimestamp(change["changed_at"], UTC), "R")
             lines.append(f"{when} <@{change['user_id']}> `{change['key']}` → {new[:80]}")
-        await interaction.response.send_message("\n".join(lines), ephemeral=True)
+        # An embed: fifteen long lines can pass a message's 2000 characters, not a description's 4096.
+        embed = discord.Embed(title="Recent /config changes", description="\n".join(lines))
+        await interaction.response.send_message(embed=embed, ephemeral=True)
 
 
 class Admin(commands.Cog):

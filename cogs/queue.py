@@ -53,9 +53,10 @@ class QueueCommands(commands.Cog):
     async def cancel(self, interaction: discord.Interaction, job: str | None = None) -> None:
         jobs = self.bot.jobs
         if job is None:
-            mine = [q for q in jobs.queue.ordered() if q.user_id == interaction.user.id]
+            here = interaction.guild_id
+            mine = [q for q in jobs.queue.ordered() if q.user_id == interaction.user.id and q.guild_id == here]
             if not mine:
-                await interaction.response.send_message("You have no queued job to cancel.", ephemeral=True)
+                await interaction.response.send_message("You have no queued job here to cancel.", ephemeral=True)
                 return
             job = mine[-1].job_id
         record = await jobs.store.get_job(job.strip().strip("`"))

@@ -68,7 +68,7 @@ class Upscale(commands.Cog):
                 ephemeral=True,
             )
             return
-        await self._queue(interaction, attachment, {"scale": 4, "refine": False, "denoise": 0.0})
+        await self._queue(interaction, attachment, {"scale": None, "refine": False, "denoise": 0.0})  # x4 or x2
 
     async def _queue(self, interaction: discord.Interaction, attachment: discord.Attachment, options: dict) -> None:
         if not options["refine"]:

@@ -50,7 +50,8 @@ def run_image_job(
     annotate_seconds = time.perf_counter() - annotate_start
 
     pipe = pooled.use(params["model"])
-    synchronize = torch.cuda.synchronize if pooled.device.startswith("cuda") else (lambda: None)
+    on_cuda = pooled.device.startswith("cuda")
+    synchronize = (lambda: torch.cuda.synchronize(pooled.device)) if on_cuda else (lambda: None)
     timings = {"prepare": 0.0, "denoise": 0.0, "decode": 0.0}
     done_steps = 0
     start = time.perf_counter()

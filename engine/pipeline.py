@@ -107,12 +107,15 @@ class PooledPipeline:
         return self
 
     def _wants_low_vram(self) -> bool:
+        if not self.device.startswith("cuda"):  # DiffSynth's offloading is CUDA-only (torch.cpu has no empty_cache)
+            if self.options.low_vram == "on":
+                log.warning("low_vram = on needs a CUDA device; %s runs without offloading", self.device)
+            return False
         if self.options.low_vram != "auto":
             return self.options.low_vram == "on"
-        if not self.device.startswith("cuda"):
-            return False
-        total_gb = torch.cuda.get_device_properties(torch.device(self.device)).total_memory / 2**30
-        return self.options.models == "zimage" and total_gb < FULLY_RESIDENT_MIN_GB
+        # Free, not total: another process on the card (a desktop, a second service) counts against us.
+        free_gb = torch.cuda.mem_get_info(torch.device(self.device))[0] / 2**30
+        return self.options.models == "zimage" and free_gb < FULLY_RESIDENT_MIN_GB
 
     def _vram_config(self) -> dict:
         if not self.low_vram:
@@ -158,6 +161,10 @@ class PooledPipeline:
 
     def use(self, model: str) -> StreamingZImagePipeline:
         """Point the pipeline at one DiT. A pointer swap: nothing is reloaded."""
+        if self.pipe.vram_management_enabled:
+            # A job that was cancelled or ran out of memory mid-denoise left its models on the GPU
+            # (DiffSynth offloads at the end of a call); offload them before the swap hides the DiT.
+            self.pipe.load_models_to_device([])
         self.pipe.dit = self.dits[model]
         return self.pipe
 

@@ -36,7 +36,7 @@ class FrameWriter:
 
 def claim_stdout_for_frames():
     """Return a binary stream on the original stdout and send fd 1 (and sys.stdout) to stderr."""
-    frames = os.fdopen(os.dup(1), "wb", buffering=0)
+    frames = os.fdopen(os.dup(1), "wb")  # buffered: write() sends the whole frame (a raw write may not)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     return frames
@@ -49,6 +49,20 @@ def out_of_memory_failure(job: Job) -> Failure:
         f"The GPU ran out of memory for {job.count} image(s) at {job.width}x{job.height}. "
         "Try a smaller size or fewer images.",
     )
+
+
+EXIT_GPU_BROKEN = 70
+
+
+class GpuBroken(Exception):
+    """An unrecoverable accelerator error (illegal memory access, device-side assert, ECC/Xid)."""
+
+
+def gpu_is_broken(exc: BaseException) -> bool:
+    import torch
+
+    accelerator_error = getattr(torch, "AcceleratorError", ())  # torch >= 2.8 raises it for CUDA errors
+    return isinstance(exc, accelerator_error) or (isinstance(exc, RuntimeError) and "CUDA error:" in str(exc))
 
 
 class Worker:
@@ -93,9 +107,20 @@ class Worker:
             return 3
         self.writer.send(Ready(self.pooled.device, self.options.models, limits=self.limits.as_dict()))
         threading.Thread(target=self.read_forever, args=(stdin,), daemon=True, name="engine-reader").start()
+        return self.serve_jobs()
+
+    def serve_jobs(self) -> int:
+        """One job at a time until the reader says stop; the exit code for the process."""
         while (job := self.jobs.get()) is not None:
             self.current_job_id = job.job_id
-            outcome = self.handle(job)
+            try:
+                outcome = self.handle(job)
+            except GpuBroken:
+                # The CUDA context is gone: every later job would fail the same way. Exit without an
+                # answer, so the bot sees a dead engine, starts a fresh one and retries this job once.
+                log.critical("job %s broke the GPU; exiting so the engine is restarted:\n%s", job.job_id,
+                             traceback.format_exc())  # fmt: skip
+                return EXIT_GPU_BROKEN
             self.current_job_id = None
             self.writer.send(outcome)
         return 0
@@ -126,10 +151,9 @@ class Worker:
             return Failure(job.job_id, FailureKind.MISSING_WEIGHTS, str(exc))
         except torch.OutOfMemoryError:
             log.warning("out of memory on job %s (%sx%s x%s)", job.job_id, job.width, job.height, job.count)
-            gc.collect()
-            torch.cuda.empty_cache()
-            return out_of_memory_failure(job)
-        except Exception:
+        except Exception as exc:
+            if gpu_is_broken(exc):
+                raise GpuBroken() from exc
             log.error("job %s failed:\n%s", job.job_id, traceback.format_exc())
             return Failure(
                 job.job_id,
@@ -138,6 +162,11 @@ class Worker:
             )
         finally:
             self.cancelled.discard(job.job_id)
+        # Only out-of-memory gets here: free memory now that no traceback holds the activations.
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return out_of_memory_failure(job)
 
 
 def serve(options, limits) -> int:

@@ -129,6 +129,10 @@ async def test_daily_quota_resets_at_utc_midnight_and_buttons_count_against_it(e
         assert again.ephemeral and "You've used 2 of your 2 images today" in again.response.content
         bob_ok, bob_job = await world.imagine(world.bob, prompt="a dog", steps=2)  # quotas are per member
         assert bob_job, bob_ok.response.content
+        too_many, _ = await world.imagine(world.mod, prompt="birds", steps=2, count=3)  # waiting would not help
+        assert (
+            too_many.ephemeral and "allows 2 images per member a day; ask for 2 or fewer" in too_many.response.content
+        )
 
         now += 180  # 00:01 UTC the next day
         _, next_day = await world.imagine(world.alice, prompt="a dog", steps=2)
@@ -190,11 +194,11 @@ async def test_settings_persist_across_a_restart_and_guilds_stay_isolated(engine
         assert not accepted.ephemeral and "(job `" in accepted.response.content
 
         history = await world.mod.slash(world.channel, "config history")
-        assert history.ephemeral and f"<@{world.mod.id}> `max_images` → 1" in history.response.content
+        assert history.ephemeral and f"<@{world.mod.id}> `max_images` → 1" in history.response.embeds[0].description
         await world.mod.slash(world.channel, "config reset")
         assert await world.bot.store.guild_settings(world.guild.id) == {}
         history = await world.mod.slash(world.channel, "config history")
-        assert "`max_images` → default" in history.response.content
+        assert "`max_images` → default" in history.response.embeds[0].description
 
 
 async def test_admin_cancels_another_members_job_and_a_non_admin_cannot(engine_client, tmp_path):

@@ -4,12 +4,13 @@ import io
 import struct
 import zlib
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from bot.attachments import BadImage, ImageLimits, check_image, size_matching
+from bot.attachments import DEFER_ABOVE_BYTES, BadImage, ImageLimits, check_image, may_be_slow, size_matching
 from engine.images import decode_input_image
 from tests.discord_harness import JOB_ID, discord_world
 
@@ -142,6 +143,17 @@ def test_sixteen_bit_cmyk_and_corrupt_exif_are_accepted_and_converted():
     assert red[0] > 200 and red[1] < 60 and red[2] < 60
 
 
+def test_a_phone_photo_with_extra_frames_mpo_is_a_still_image_kept_as_it_came():
+    photo, gain_map = drawing((128, 96)), Image.new("RGB", (64, 48), "gray")
+    buffer = io.BytesIO()
+    photo.save(buffer, format="MPO", save_all=True, append_images=[gain_map], quality=90)
+    data = buffer.getvalue()
+    assert Image.open(io.BytesIO(data)).format == "MPO" and Image.open(io.BytesIO(data)).n_frames == 2
+    checked = check_image(data, "phone.jpg", ImageLimits())
+    assert checked.notes == [] and checked.data == data  # not "animated", and not re-encoded to a big PNG
+    assert decode_input_image(checked.data).size == (128, 96)
+
+
 def test_exif_orientation_decides_the_matched_aspect():
     exif = Image.Exif()
     exif[0x0112] = 6  # stored landscape, seen portrait
@@ -152,9 +164,28 @@ def test_exif_orientation_decides_the_matched_aspect():
     assert size_matching(6000, 1000, 1024 * 1024)[0] / size_matching(6000, 1000, 1024 * 1024)[1] < 2.4
 
 
-async def test_a_large_attachment_is_acknowledged_first_and_its_status_posted_in_the_channel(engine_client, tmp_path):
-    from bot.attachments import DEFER_ABOVE_BYTES
+def test_large_files_and_high_pixel_counts_are_acknowledged_before_downloading():
+    import discord
 
+    NO_STATE = SimpleNamespace(http=None)  # never downloaded: only the metadata Discord sends is read
+
+    def attachment(size, width=None, height=None):
+        data = {
+            "id": 1,
+            "filename": "a.jpg",
+            "size": size,
+            "url": "https://cdn/a.jpg",
+            "proxy_url": "https://cdn/a.jpg",
+        }
+        return discord.Attachment(data=data | ({"width": width, "height": height} if width else {}), state=NO_STATE)
+
+    assert not may_be_slow(attachment(300_000, 1024, 1024))
+    assert not may_be_slow(attachment(300_000))  # no dimensions from Discord: the size decides
+    assert may_be_slow(attachment(DEFER_ABOVE_BYTES + 1))
+    assert may_be_slow(attachment(3_000_000, 4000, 3000))  # a 12 MP phone photo in a 3 MB JPEG
+
+
+async def test_a_large_attachment_is_acknowledged_first_and_its_status_posted_in_the_channel(engine_client, tmp_path):
     async with discord_world(engine_client, tmp_path) as world:
         large = encoded(noise((1300, 1300)))  # noise does not compress: over the deferral threshold
         assert len(large) > DEFER_ABOVE_BYTES

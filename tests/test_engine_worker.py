@@ -47,6 +47,7 @@ async def test_cancel_stops_a_running_job(engine_client):
 
 async def test_sigkill_mid_job_is_seen_as_a_dead_engine_then_it_restarts(engine_client):
     killed = asyncio.Event()
+    first_pid = engine_client.process.pid
 
     def kill_on_first_step(progress):
         if not killed.is_set():
@@ -56,8 +57,29 @@ async def test_sigkill_mid_job_is_seen_as_a_dead_engine_then_it_restarts(engine_
     with pytest.raises(EngineDead):
         await asyncio.wait_for(engine_client.run(tiny_job("doomed", steps=20), kill_on_first_step), timeout=30)
     await engine_client.wait_ready(timeout=120)
-    assert engine_client.restarts >= 1
+    assert engine_client.process.pid != first_pid and engine_client.restarts == 0  # ready again: count reset
     assert isinstance(await asyncio.wait_for(engine_client.run(tiny_job("reborn")), 60), Result)
+
+
+async def test_a_job_cancelled_before_it_reaches_the_engine_never_runs(engine_client):
+    await engine_client.cancel("cancelled-early")  # e.g. pressed while the engine was loading or restarting
+    outcome = await asyncio.wait_for(engine_client.run(tiny_job("cancelled-early"), _fail_on_progress), 10)
+    assert isinstance(outcome, Failure) and outcome.kind == FailureKind.CANCELLED
+    assert isinstance(await asyncio.wait_for(engine_client.run(tiny_job("after-it")), 60), Result)
+
+
+def _fail_on_progress(progress):
+    raise AssertionError(f"job {progress.job_id} reached the engine")
+
+
+async def test_an_engine_that_keeps_failing_to_start_is_given_up_with_a_clear_message():
+    # An engine that dies before it is ready (here: an option it does not know) is not restarted forever.
+    client = EngineClient("tiny", device="cpu", restart_backoff=(0.01,), max_failed_starts=2, extra_args=["--bogus"])
+    await client.start()
+    with pytest.raises(EngineUnavailable, match="failed to start 2 times in a row"):
+        await client.wait_ready(timeout=60)
+    assert client.status == "down" and client.process.returncode is not None
+    await client.close()
 
 
 async def test_missing_weights_is_fatal_with_a_clear_message(tmp_path):
@@ -92,3 +114,56 @@ def test_generate_from_the_shell_writes_a_png_with_parameters(tmp_path):
         command[:-2] + ["--width", "65", "--out", str(out)], capture_output=True, text=True, timeout=60
     )
     assert bad.returncode == 2 and "multiple of 16" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_an_unrecoverable_gpu_error_ends_the_engine_without_an_answer(tiny_limits):
+    # A dead CUDA context fails every later job too: the worker exits, so the bot's usual crash
+    # handling (a fresh engine, the job retried once) takes over. The stand-in pipeline is what a
+    # card after an illegal memory access looks like; the worker code is the real one.
+    import torch
+
+    from engine.worker import EXIT_GPU_BROKEN, FrameWriter, Worker
+
+    class DeadGpuPipeline:
+        device = "cuda"
+
+        def use(self, model):
+            raise torch.AcceleratorError("CUDA error: an illegal memory access was encountered")
+
+    frames = io.BytesIO()
+    worker = Worker(options=None, limits=tiny_limits, writer=FrameWriter(frames))
+    worker.pooled = DeadGpuPipeline()
+    worker.jobs.put(tiny_job("breaks-the-gpu"))
+    worker.jobs.put(tiny_job("never-started"))
+    assert worker.serve_jobs() == EXIT_GPU_BROKEN
+    assert frames.getvalue() == b""  # no Failure sent: the bot must see a dead engine, not a failed job
+    assert worker.jobs.get_nowait().job_id == "never-started"
+
+
+def test_out_of_memory_answers_with_a_hint_and_the_worker_keeps_serving(tiny_limits):
+    import torch
+
+    from engine.protocol import read_message
+    from engine.worker import FrameWriter, Worker
+
+    class FullGpuPipeline:
+        device = "cuda"
+
+        def use(self, model):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    frames = io.BytesIO()
+    worker = Worker(options=None, limits=tiny_limits, writer=FrameWriter(frames))
+    worker.pooled = FullGpuPipeline()
+    for job_id in ("too-big", "next"):
+        worker.jobs.put(tiny_job(job_id, count=2))
+    worker.jobs.put(None)
+    assert worker.serve_jobs() == 0
+    stream = io.BytesIO(frames.getvalue())
+    answers = [read_message(stream), read_message(stream)]
+    assert read_message(stream) is None
+    assert [(a.job_id, a.kind) for a in answers] == [
+        ("too-big", FailureKind.OUT_OF_MEMORY),
+        ("next", FailureKind.OUT_OF_MEMORY),
+    ]
+    assert "2 image(s) at 64x64" in answers[0].message and "smaller size or fewer images" in answers[0].message

@@ -112,3 +112,37 @@ async def test_small_upload_limit_falls_back_to_webp_or_jpeg(engine_client, tmp_
         assert attachment.filename.endswith((".webp", ".jpg"))
         assert attachment.size <= 2500
         assert "sent as" in posted.embeds[0].footer.text
+
+
+async def test_a_channel_where_the_bot_cannot_attach_files_is_refused_up_front(engine_client, tmp_path):
+    import discord
+
+    async with discord_world(engine_client, tmp_path) as world:
+        no_files = discord.PermissionOverwrite(attach_files=False, embed_links=False)
+        locked = world.guild.create_text_channel("no-files", overwrites={world.guild.me: no_files})
+        refused = await world.alice.slash(locked, "imagine", prompt="a cat", steps=2)
+        assert refused.ephemeral
+        assert "I'm missing Attach Files, Embed Links here" in refused.response.content
+        assert await world.bot.store.jobs_in_state("queued", "running", "done", "failed") == []
+
+
+async def test_a_result_that_cannot_be_posted_says_so_on_its_status_message(engine_client, tmp_path):
+    import discord
+    from simcord.backend.models import Overwrite
+    from simcord.enums import OverwriteType
+
+    async with discord_world(engine_client, tmp_path) as world:
+        world.bot.jobs.pause()
+        await world.imagine(world.alice, prompt="a cat", steps=2)  # goes to the idle engine at once
+        _, held = await world.imagine(world.alice, prompt="a dog", steps=2)
+        # While it waits, an admin takes Send Messages away from the bot in this channel.
+        no_send = discord.Permissions(send_messages=True).value
+        world.env.backend.set_overwrite(
+            world.channel.id, Overwrite(world.guild.me.id, OverwriteType.MEMBER, 0, no_send)
+        )
+        world.bot.jobs.resume()
+        job = await world.wait_job(held)
+        assert job.state == "failed"
+        status = [m for m in world.channel.history() if m.id == job.status_message_id][0]
+        assert "that failed: I may not post in this channel" in status.content
+        assert not status.components  # no Cancel button left on a job that has ended

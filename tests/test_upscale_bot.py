@@ -66,6 +66,30 @@ async def test_upscale_buttons_enqueue_the_exact_stored_image(engine_client, tmp
         assert out.size == (stored[1].parameters["width"] * 4, stored[1].parameters["height"] * 4)
 
 
+async def test_buttons_and_the_menu_fall_back_to_x2_where_x4_would_pass_the_output_cap(engine_client, tmp_path):
+    sizes = {"upscale": {"max_side": 400}, "imagine": {"target_pixels": 112 * 112}}  # 16:9 is 144x80
+    async with discord_world(engine_client, tmp_path, **sizes) as world:
+        _, job_id = await world.imagine(world.alice, prompt="a wide cat", aspect="16:9", steps=1)
+        await world.wait_job(job_id)
+        wide = await world.bot.store.results_for(job_id)
+        width, height = wide[0].parameters["width"], wide[0].parameters["height"]
+        assert width * 4 > 400 >= width * 2  # x4 would not fit; x2 does
+        before = len(world.contents_sent())
+        await world.alice.click(world.bot_messages()[-1], label="Upscale")
+        queued = [t for t in world.contents_sent()[before:] if t.startswith("Upscale x2 queued")]
+        assert queued and "x2, since x4 would be larger than 400 pixels." in queued[0]
+        upscale = await world.wait_job(JOB_ID.search(queued[0]).group(1))
+        assert upscale.state == "done", upscale.error
+        out = Image.open(io.BytesIO(await world.bot_messages()[-1].attachments[0].read()))
+        assert out.size == (width * 2, height * 2)
+
+        photo = await world.bob.send(world.channel, "look", attachments=[("photo.png", encoded(noise((120, 72))))])
+        before = len(world.contents_sent())
+        await world.bob.context_menu(world.channel, "Upscale image", photo)
+        queued = [t for t in world.contents_sent()[before:] if t.startswith("Upscale x2 queued")]
+        assert queued, world.contents_sent()[before:]
+
+
 async def test_bad_upscale_requests_are_ephemeral_and_queue_nothing(engine_client, tmp_path):
     async with discord_world(engine_client, tmp_path, inputs={"max_bytes": 20_000}, upscale={"max_side": 128}) as world:
         cases = [
