@@ -1,8 +1,8 @@
 """Control maps for ControlNet jobs: the attached image, fitted to the output size, through an annotator.
 
 Annotators come from controlnet_aux and run in the engine process. Each is loaded on its first
-use and kept (a few hundred MB at most, next to a 20 GB pipeline). canny and none need no
-weights; the others read theirs from the lllyasviel/Annotators files that
+use and kept (a few hundred MB at most, next to a 20 GB pipeline). canny (OpenCV) and none
+need no weights; the others read theirs from the lllyasviel/Annotators files that
 `python -m engine download` fetches, and raise MissingWeightsError naming them when absent:
 we never let controlnet_aux download on a job's time.
 """
@@ -32,10 +32,6 @@ def _load(mode: str, device: str):
         warnings.simplefilter("ignore")
         import controlnet_aux  # noqa: F401
 
-    if mode == "canny":
-        from controlnet_aux.canny import CannyDetector
-
-        return CannyDetector()
     folder = str(resolve_annotator(mode))  # MissingWeightsError before anything is imported
     if mode == "depth":
         from controlnet_aux.midas import MidasDetector as detector
@@ -67,14 +63,16 @@ def control_map(image: Image.Image, params: dict[str, Any], device: str = "cpu")
     mode = params["control_mode"]
     if mode == "none":
         return image
+    if mode == "canny":
+        # controlnet_aux's CannyDetector is this cv2.Canny call wrapped in a resize to multiples of
+        # 64 and back, which smears the one-pixel edges at our sizes (multiples of 16).
+        import cv2
+
+        edges = cv2.Canny(np.asarray(image.convert("RGB")), params["canny_low"], params["canny_high"])
+        return Image.fromarray(edges).convert("RGB")
     detector = annotator(mode, device)
     side = min(image.size)
-    if mode == "canny":
-        detected = detector(
-            np.asarray(image, dtype=np.uint8), params["canny_low"], params["canny_high"],
-            detect_resolution=side, image_resolution=side, output_type="pil",
-        )  # fmt: skip
-    elif mode == "scribble":
+    if mode == "scribble":
         detected = detector(image, detect_resolution=DETECT_RESOLUTION, image_resolution=side, scribble=True)
     else:
         detected = detector(image, detect_resolution=DETECT_RESOLUTION, image_resolution=side)

@@ -83,7 +83,8 @@ class TiledUpscaler(RealESRGANer):
             bgr = np.asarray(image.convert("RGB"))[:, :, ::-1]  # RealESRGANer speaks OpenCV's BGR
             output, _ = self.enhance(np.ascontiguousarray(bgr), outscale=scale)
         finally:
-            self.on_tile = None
+            # Do not keep the last input and output tensors (100s of MB on the GPU) until the next job.
+            self.on_tile, self.img, self.output = None, None, None
         return Image.fromarray(np.ascontiguousarray(output[:, :, ::-1]), "RGB")
 
 
@@ -171,15 +172,28 @@ def feather(length: int, ramp_before: int, ramp_after: int) -> np.ndarray:
     return weights
 
 
+def refine_grid(width: int, height: int, tile: int, overlap: int) -> tuple[int, int, list[int], list[int]]:
+    """Tile width and height and the tiles' start offsets for refining a width x height image.
+
+    The DiT works in 16 px patches: sides are first padded up to a multiple of 16, so a 1000 px
+    side is one 1008 px tile rather than two nearly identical 992 px ones.
+    """
+    width, height = math.ceil(width / 16) * 16, math.ceil(height / 16) * 16
+    tile_w, tile_h = min(tile, width), min(tile, height)
+    overlap_x, overlap_y = min(overlap, tile_w // 2), min(overlap, tile_h // 2)
+    return tile_w, tile_h, tile_starts(width, tile_w, overlap_x), tile_starts(height, tile_h, overlap_y)
+
+
 def refine_tiles(pipe, image: Image.Image, params: dict, tile: int, overlap: int, on_step: StepCallback) -> Image.Image:
     """Turbo img2img over `image` in overlapping tiles, blended with feathered overlaps."""
     width, height = image.size
-    tile_w, tile_h = min(tile, width // 16 * 16), min(tile, height // 16 * 16)  # the DiT works in 16 px patches
-    overlap_x, overlap_y = min(overlap, tile_w // 2), min(overlap, tile_h // 2)
-    xs, ys = tile_starts(width, tile_w, overlap_x), tile_starts(height, tile_h, overlap_y)
-    pixels = np.asarray(image, dtype=np.float32)
-    total = np.zeros_like(pixels)
-    weight = np.zeros((height, width, 1), dtype=np.float32)
+    tile_w, tile_h, xs, ys = refine_grid(width, height, tile, overlap)
+    # Mirror the borders out to the padded size; the padding is cropped off again at the end.
+    pad_y, pad_x = ys[-1] + tile_h - height, xs[-1] + tile_w - width
+    padded = np.pad(np.asarray(image.convert("RGB")), ((0, pad_y), (0, pad_x), (0, 0)), mode="reflect")
+    source = Image.fromarray(padded, "RGB")
+    total = np.zeros(padded.shape, dtype=np.float32)
+    weight = np.zeros((*padded.shape[:2], 1), dtype=np.float32)
 
     def stepping(timesteps):
         for timestep in timesteps:
@@ -192,7 +206,7 @@ def refine_tiles(pipe, image: Image.Image, params: dict, tile: int, overlap: int
             refined = pipe(
                 prompt=params["prompt"] or REFINE_PROMPT,
                 cfg_scale=params["cfg"],
-                input_image=image.crop(box),
+                input_image=source.crop(box),
                 denoising_strength=params["denoise"],
                 height=tile_h,
                 width=tile_w,
@@ -214,10 +228,8 @@ def refine_tiles(pipe, image: Image.Image, params: dict, tile: int, overlap: int
             mask = (ramp_y[:, None] * ramp_x[None, :])[:, :, None]
             total[top : top + tile_h, left : left + tile_w] += np.asarray(refined, dtype=np.float32) * mask
             weight[top : top + tile_h, left : left + tile_w] += mask
-    # Columns or rows past the last whole 16 px tile (odd sizes) keep the Real-ESRGAN pixels.
-    covered = weight[:, :, 0] > 0
-    pixels[covered] = total[covered] / weight[covered]
-    return Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8), "RGB")
+    blended = (total / weight)[:height, :width]  # every pixel is covered: the last tiles end at the edges
+    return Image.fromarray(np.clip(blended + 0.5, 0, 255).astype(np.uint8), "RGB")
 
 
 def refine_tile_size(options: EngineOptions) -> tuple[int, int]:
@@ -243,11 +255,8 @@ def run_upscale_job(
     tiles = upscaler.tile_count(image.width, image.height)
     refine_steps = 0
     if params["refine"]:
-        width, height = params["width"], params["height"]
-        tile_w, tile_h = min(tile, width // 16 * 16), min(tile, height // 16 * 16)
-        refine_tiles_n = len(tile_starts(width, tile_w, min(overlap, tile_w // 2)))
-        refine_tiles_n *= len(tile_starts(height, tile_h, min(overlap, tile_h // 2)))
-        refine_steps = refine_tiles_n * params["steps"]
+        _, _, xs, ys = refine_grid(params["width"], params["height"], tile, overlap)
+        refine_steps = len(xs) * len(ys) * params["steps"]
     done, total = 0, tiles + refine_steps
 
     def step() -> None:

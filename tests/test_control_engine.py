@@ -80,6 +80,10 @@ def test_canny_annotator_finds_the_edges_and_honours_thresholds(tiny_pipeline, t
         job = control_job(input_image=png_of(noise), canny_low=low, canny_high=high, steps=1)
         counts.append((pixels(run_image_job(tiny_pipeline, job, tiny_limits).extra_images["control_map"]) > 0).sum())
     assert counts[0] > counts[1]
+    # At a size that is not a multiple of 64 the edges stay crisp: pure black and white, no resampling.
+    wide = control_job(input_image=square_drawing(128), width=112, height=64, steps=1)
+    edges = pixels(run_image_job(tiny_pipeline, wide, tiny_limits).extra_images["control_map"])
+    assert edges.shape == (64, 112, 3) and set(np.unique(edges)) == {0, 255}
 
 
 def test_mode_none_uses_the_attachment_as_the_map(tiny_pipeline, tiny_limits):

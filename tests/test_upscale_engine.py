@@ -78,7 +78,7 @@ def test_feathered_tiles_blend_back_to_the_input():
     from engine.upscale import refine_tiles, tile_starts
 
     assert tile_starts(128, 64, 16) == [0, 32, 64] and tile_starts(50, 64, 16) == [0]
-    image = noise_image(136, 100, seed=5)  # not a multiple of 16: the uncovered strip keeps its pixels
+    image = noise_image(136, 100, seed=5)  # not a multiple of 16: refined mirror-padded to 144x112
     calls = []
 
     def identity_pipe(input_image, progress_bar_cmd, **kwargs):
@@ -91,6 +91,12 @@ def test_feathered_tiles_blend_back_to_the_input():
     out = refine_tiles(identity_pipe, image, params, tile=64, overlap=16, on_step=lambda: steps.append(1))
     assert np.abs(np.asarray(out, dtype=int) - np.asarray(image, dtype=int)).max() <= 1
     assert set(calls) == {(64, 64)} and len(calls) == 3 * 2 and len(steps) == 12
+
+    calls.clear()  # a side that is not a multiple of 16 is padded up, not covered by a second tile
+    wide = noise_image(1000, 750, seed=6)
+    out = refine_tiles(identity_pipe, wide, params, tile=1024, overlap=128, on_step=lambda: None)
+    assert calls == [(1008, 752)] and out.size == (1000, 750)
+    assert np.array_equal(np.asarray(out), np.asarray(wide))
 
 
 def test_refine_pass_with_the_tiny_pipeline(tiny_pipeline, tiny_limits):
