@@ -17,6 +17,7 @@ def _engine_options(args):
         compile=args.compile,
         low_vram=args.low_vram,
         controlnet_file=args.controlnet_file,
+        lora_dir=args.lora_dir,
     )
 
 
@@ -26,6 +27,7 @@ def _add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the DiT blocks (slow start, fast steps)")
     parser.add_argument("--low-vram", choices=["auto", "on", "off"], default="auto", help="offload idle models to CPU")
     _add_controlnet_file_argument(parser)
+    parser.add_argument("--lora-dir", default="", help="folder of LoRA .safetensors files jobs may name")
 
 
 def _add_controlnet_file_argument(parser: argparse.ArgumentParser) -> None:
@@ -66,6 +68,8 @@ def cmd_generate(args) -> int:
         control_strength=args.control_strength,
         canny_low=args.canny_low,
         canny_high=args.canny_high,
+        lora=args.lora,
+        lora_strength=args.lora_strength,
     )
     limits = Limits.for_models(args.models)
     try:
@@ -225,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     generate.add_argument("--control-strength", type=float, default=0.8, help="ControlNet strength 0-1")
     generate.add_argument("--canny-low", type=int, default=100, help="canny lower threshold (0-255)")
     generate.add_argument("--canny-high", type=int, default=200, help="canny upper threshold (0-255)")
+    generate.add_argument("--lora", help="a LoRA in --lora-dir, by name (the file name without .safetensors)")
+    generate.add_argument("--lora-strength", type=float, default=1.0, help="LoRA strength (-2 to 2)")
     generate.add_argument("--out", default="out.png")
     generate.set_defaults(handler=cmd_generate)
 

@@ -50,6 +50,8 @@ def parameters_text(params: dict[str, Any]) -> str:
         fields.append(f"Denoising strength: {params['denoise']}")
     if params.get("control_mode"):
         fields.append(f"ControlNet: {params['control_mode']} {params.get('control_strength')}")
+    if params.get("lora"):
+        fields.append(f"LoRA: {params['lora']} {params['lora_strength']:g}")
     lines.append(", ".join(fields))
     return "\n".join(lines)
 

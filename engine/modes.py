@@ -56,45 +56,46 @@ def run_image_job(
     done_steps = 0
     start = time.perf_counter()
     images = []
-    for seed in params["seeds"]:
-        marks = {"call": time.perf_counter()}
+    with pooled.lora(params.get("lora"), params.get("lora_strength", 1.0)):  # taken out again after
+        for seed in params["seeds"]:
+            marks = {"call": time.perf_counter()}
 
-        def stepping(timesteps, marks=marks):
-            nonlocal done_steps
-            total = len(timesteps) * params["count"]
-            synchronize()
-            marks["denoise"] = time.perf_counter()
-            for step_index, timestep in enumerate(timesteps):
-                yield timestep
-                done_steps += 1
-                preview = None
-                every = job.preview_every
-                if every and pipe.latest_latents is not None and (step_index + 1) % every == 0:
-                    preview = latent_preview_jpeg(pipe.latest_latents)
-                if on_progress is not None:
-                    on_progress(done_steps, total, preview)  # may raise Cancelled
-            synchronize()
-            marks["decode"] = time.perf_counter()
+            def stepping(timesteps, marks=marks):
+                nonlocal done_steps
+                total = len(timesteps) * params["count"]
+                synchronize()
+                marks["denoise"] = time.perf_counter()
+                for step_index, timestep in enumerate(timesteps):
+                    yield timestep
+                    done_steps += 1
+                    preview = None
+                    every = job.preview_every
+                    if every and pipe.latest_latents is not None and (step_index + 1) % every == 0:
+                        preview = latent_preview_jpeg(pipe.latest_latents)
+                    if on_progress is not None:
+                        on_progress(done_steps, total, preview)  # may raise Cancelled
+                synchronize()
+                marks["decode"] = time.perf_counter()
 
-        image = pipe(
-            prompt=params["prompt"],
-            negative_prompt=params["negative_prompt"],
-            cfg_scale=params["cfg"],
-            input_image=input_image,
-            denoising_strength=params["denoise"],
-            height=params["height"],
-            width=params["width"],
-            seed=seed,
-            rand_device="cpu",  # same seed, same image on any GPU
-            num_inference_steps=params["steps"],
-            controlnet_inputs=controlnet_inputs,  # None: the ControlNet is skipped entirely
-            progress_bar_cmd=stepping,
-        )
-        end = time.perf_counter()
-        timings["prepare"] += marks["denoise"] - marks["call"]
-        timings["denoise"] += marks["decode"] - marks["denoise"]
-        timings["decode"] += end - marks["decode"]
-        images.append(encode_png(image, {**params, "seed": seed, "seeds": [seed]}))
+            image = pipe(
+                prompt=params["prompt"],
+                negative_prompt=params["negative_prompt"],
+                cfg_scale=params["cfg"],
+                input_image=input_image,
+                denoising_strength=params["denoise"],
+                height=params["height"],
+                width=params["width"],
+                seed=seed,
+                rand_device="cpu",  # same seed, same image on any GPU
+                num_inference_steps=params["steps"],
+                controlnet_inputs=controlnet_inputs,  # None: the ControlNet is skipped entirely
+                progress_bar_cmd=stepping,
+            )
+            end = time.perf_counter()
+            timings["prepare"] += marks["denoise"] - marks["call"]
+            timings["denoise"] += marks["decode"] - marks["denoise"]
+            timings["decode"] += end - marks["decode"]
+            images.append(encode_png(image, {**params, "seed": seed, "seeds": [seed]}))
     if controlnet_inputs is not None:
         timings["annotate"] = annotate_seconds
     timings["total"] = time.perf_counter() - start + annotate_seconds

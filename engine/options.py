@@ -17,3 +17,4 @@ class EngineOptions:
     upscale_tile_pad: int = 16  # context around each tile, cut off after upscaling (hides seams)
     refine_tile: int = 0  # refine tile side in output pixels; 0 = 1024 (tiny model: 64)
     refine_overlap: int = 128  # pixels neighbouring refine tiles share, blended with linear ramps
+    lora_dir: str = ""  # LoRAs a job may name: <lora_dir>/<name>.safetensors; "" = none

@@ -7,10 +7,13 @@ real checkpoints), so the tiny model and the real weights take the same path.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from pathlib import Path
 
 import torch
+from diffsynth.core import LoRAHotLoadMixin, load_state_dict
 from diffsynth.diffusion.base_pipeline import ControlNetInput  # noqa: F401  (re-exported for modes)
 from diffsynth.models import z_image_dit
 from diffsynth.models.model_loader import ModelPool
@@ -19,6 +22,7 @@ from transformers import AutoTokenizer
 
 from engine.models import Component, components_for, resolve
 from engine.options import EngineOptions
+from engine.protocol import BadInput, installed_loras
 
 log = logging.getLogger("engine.pipeline")
 
@@ -73,6 +77,7 @@ class PooledPipeline:
         self.dits: dict[str, torch.nn.Module] = {}
         self.low_vram = False
         self.load_seconds = 0.0
+        self._lora_cache: tuple[tuple, dict] | None = None  # the last LoRA read, on the device
 
     # -- loading -----------------------------------------------------------------------------
 
@@ -167,6 +172,63 @@ class PooledPipeline:
             self.pipe.load_models_to_device([])
         self.pipe.dit = self.dits[model]
         return self.pipe
+
+    # -- LoRA --------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lora(self, name: str | None, strength: float = 1.0):
+        """LoRA `name` hot-loaded into the current DiT for the duration of a job (None: nothing).
+
+        Hot-loaded beside the weights, never fused into them: both DiTs stay as loaded, so the next
+        job without a LoRA gets exactly the images it would have got.
+        """
+        if not name:
+            yield
+            return
+        dit = self.pipe.dit
+        lora = self._read_lora(name)
+        if not getattr(dit, "vram_management_enabled", False):
+            # Once per DiT: wrap its Linear layers so LoRA weights can ride beside them.
+            self.pipe.enable_lora_hot_loading(dit)
+        _check_lora_fits(name, dit, lora)
+        self.pipe.load_lora(dit, state_dict=lora, alpha=strength, hotload=True, verbose=0)
+        try:
+            yield
+        finally:
+            self.pipe.clear_lora(verbose=0)
+
+    def _read_lora(self, name: str) -> dict:
+        folder = self.options.lora_dir
+        installed = installed_loras(folder) if folder else []
+        if name not in installed:
+            offered = ", ".join(installed) if installed else "none are installed"
+            raise BadInput(f"There is no LoRA named {name!r} ({offered}).")
+        path = Path(folder) / f"{name}.safetensors"
+        key = (str(path), path.stat().st_mtime_ns)
+        if self._lora_cache is None or self._lora_cache[0] != key:
+            self._lora_cache = None  # free the previous one first: LoRAs can be hundreds of MB
+            try:
+                raw = load_state_dict(str(path), torch_dtype=self.dtype, device=self.device)
+            except Exception as exc:
+                raise BadInput(f"The LoRA {name!r} could not be read ({type(exc).__name__}).") from exc
+            self._lora_cache = (key, self.pipe.lora_loader().convert_state_dict(raw))
+        return self._lora_cache[1]
+
+
+def _check_lora_fits(name: str, dit: torch.nn.Module, lora: dict) -> None:
+    """Refuse a LoRA made for another model before it reaches a matmul (a shape error mid-job)."""
+    layers = {module.name: module for module in dit.modules() if isinstance(module, LoRAHotLoadMixin)}
+    targets = [key.removesuffix(".lora_A.weight") for key in lora if key.endswith(".lora_A.weight")]
+    fitting = [t for t in targets if t in layers]
+    if not fitting:
+        raise BadInput(f"The LoRA {name!r} has no layers that fit Z-Image's transformer; is it for another model?")
+    for target in fitting:
+        down, up = lora[f"{target}.lora_A.weight"], lora[f"{target}.lora_B.weight"]
+        layer = layers[target]
+        if down.dim() != 2 or down.shape[1] != layer.in_features or up.shape[0] != layer.out_features:
+            raise BadInput(f"The LoRA {name!r} does not fit Z-Image's transformer (layer {target}).")
+    if len(fitting) < len(targets):
+        log.warning("LoRA %s: %d of its %d layers match this DiT", name, len(fitting), len(targets))
 
 
 def _quiet(iterable):

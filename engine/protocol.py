@@ -21,9 +21,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import re
 import struct
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 PROTOCOL_VERSION = 1
@@ -71,8 +73,8 @@ class Job:
     control_strength: float = 0.8
     canny_low: int = 100  # canny thresholds (0-255): lower finds more edges
     canny_high: int = 200
-    lora: str | None = None  # a LoRA file name the operator installed
-    lora_strength: float = 1.0
+    lora: str | None = None  # a LoRA the operator installed: `<lora_dir>/<lora>.safetensors`
+    lora_strength: float = 1.0  # LORA_STRENGTH_RANGE; negative pushes away from the LoRA's style
     scale: int = 4  # upscale factor, 2 or 4
     refine: bool = False  # upscale: Turbo img2img pass over the upscaled image
     preview_every: int = 0  # send a latent preview JPEG every N steps; 0 = never
@@ -217,7 +219,7 @@ def resolve_parameters(job: Job, limits: Limits) -> dict:
         "kind": str(job.kind), "prompt": prompt, "negative_prompt": job.negative_prompt or "",
         "model": str(job.model), "width": width, "height": height, "steps": steps, "cfg": cfg,
         "seed": seed, "seeds": [seed + i for i in range(job.count)], "count": job.count, "denoise": denoise,
-    } | control  # fmt: skip
+    } | control | _resolve_lora(job)  # fmt: skip
 
 
 def _resolve_upscale(job: Job, limits: Limits) -> dict:
@@ -259,6 +261,31 @@ def _resolve_upscale(job: Job, limits: Limits) -> dict:
         "seed": seed, "seeds": [seed], "count": 1, "input_width": width, "input_height": height,
         "width": width * scale, "height": height * scale,
     }  # fmt: skip
+
+
+# LoRAs are files `<name>.safetensors` in the operator's LoRA folder; a name is never a path.
+LORA_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._+-]{0,99}")
+LORA_STRENGTH_RANGE = (-2.0, 2.0)
+
+
+def installed_loras(folder: str | Path) -> list[str]:
+    """The LoRA names in `folder`, sorted (the bot offers them, the engine loads them)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p.stem for p in folder.glob("*.safetensors") if p.is_file() and LORA_NAME.fullmatch(p.stem))
+
+
+def _resolve_lora(job: Job) -> dict:
+    if not job.lora:
+        return {}
+    if not LORA_NAME.fullmatch(job.lora):
+        raise BadInput(f"{job.lora!r} is not a LoRA name: pick one of the installed LoRAs.")
+    strength = float(job.lora_strength)
+    low, high = LORA_STRENGTH_RANGE
+    if not low <= strength <= high:
+        raise BadInput(f"LoRA strength must be between {low:g} and {high:g}; got {strength:g}.")
+    return {"lora": job.lora, "lora_strength": strength}
 
 
 def _resolve_control(job: Job) -> dict:

@@ -156,3 +156,19 @@ def tiny_vae_encoder_converter(state_dict):
 
 def tiny_vae_decoder_converter(state_dict):
     return split_vae_state_dict("decoder.")(state_dict)
+
+
+def write_tiny_lora(path: Path, seed: int = 0, rank: int = 4) -> Path:
+    """A rank-`rank` LoRA for the tiny DiT's attention and feed-forward layers, in the key layout
+    community Z-Image LoRAs use (`diffusion_model.<layer>.lora_A/B.weight`); the same for a seed."""
+    generator = torch.Generator().manual_seed(seed)
+    lora = {}
+    for name, module in _tiny_dit().named_modules():
+        if isinstance(module, torch.nn.Linear) and name.startswith("layers.") and (".attention." in name or ".feed_forward." in name):  # fmt: skip
+            down = torch.randn(rank, module.in_features, generator=generator) * 0.3
+            up = torch.randn(module.out_features, rank, generator=generator) * 0.3
+            lora[f"diffusion_model.{name}.lora_A.weight"] = down
+            lora[f"diffusion_model.{name}.lora_B.weight"] = up
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(lora, path)
+    return path

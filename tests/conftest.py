@@ -15,12 +15,34 @@ os.environ.setdefault(
 )
 
 
+# The LoRA folder of the in-process pipeline and of the engine process; `tiny_loras` fills it.
+LORA_DIR = os.path.join(os.environ["ZIMAGE_BOT_CACHE"], "loras")
+
+
+@pytest.fixture(scope="session")
+def tiny_loras():
+    """Two LoRAs in LORA_DIR: `tiny-style` fits the tiny DiT, `misfit` is made for a wider model."""
+    from pathlib import Path
+
+    import torch
+    from safetensors.torch import save_file
+
+    from engine.tiny import write_tiny_lora
+
+    folder = Path(LORA_DIR)
+    write_tiny_lora(folder / "tiny-style.safetensors", seed=0)
+    wider = {"diffusion_model.layers.0.attention.to_q.lora_A.weight": torch.zeros(4, 96)}
+    wider["diffusion_model.layers.0.attention.to_q.lora_B.weight"] = torch.zeros(96, 4)
+    save_file(wider, folder / "misfit.safetensors")
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_pipeline():
     from engine.options import EngineOptions
     from engine.pipeline import PooledPipeline
 
-    return PooledPipeline(EngineOptions(models="tiny")).load()
+    return PooledPipeline(EngineOptions(models="tiny", lora_dir=LORA_DIR)).load()
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +57,7 @@ async def engine_client():
     """The real engine as a separate process (`python -m engine serve --models tiny`)."""
     from bot.engine_client import EngineClient
 
-    client = EngineClient("tiny", device="cpu", restart_backoff=(0.1,))
+    client = EngineClient("tiny", device="cpu", restart_backoff=(0.1,), extra_args=["--lora-dir", LORA_DIR])
     await client.start()
     await client.wait_ready(timeout=120)
     yield client
