@@ -12,9 +12,8 @@ import sys
 
 import discord
 
-from bot.bot import create_bot
+from bot.bot import create_bot, engine_client_for
 from bot.config import ConfigError, load_config
-from bot.engine_client import EngineClient
 from bot.store import JobStore
 
 log = logging.getLogger("bot")
@@ -30,11 +29,7 @@ def fetch_weights_if_missing(controlnet_file: str = "") -> bool:
 
 async def run(config, token: str) -> None:
     async with JobStore(config.data_path) as store:
-        engine = EngineClient(
-            config.engine.models, device=config.engine.device, compile=config.engine.compile,
-            low_vram=config.engine.low_vram, controlnet_file=config.engine.controlnet_file,
-            extra_args=config.upscale.engine_args(),
-        )  # fmt: skip
+        engine = engine_client_for(config)
         bot = create_bot(config, store=store, engine=engine)
         try:
             async with bot:

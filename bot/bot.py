@@ -96,15 +96,19 @@ def create_bot(
 ) -> ZImageBot:
     """Build the whole bot without connecting. The caller owns (and closes) store and engine."""
     store = store or JobStore(config.data_path)
-    engine = engine or EngineClient(
+    return ZImageBot(config, store, engine or engine_client_for(config), external_wait)
+
+
+def engine_client_for(config: Config) -> EngineClient:
+    """The engine process as config.toml describes it (started later, by setup_hook)."""
+    return EngineClient(
         config.engine.models,
         device=config.engine.device,
         compile=config.engine.compile,
         low_vram=config.engine.low_vram,
         controlnet_file=config.engine.controlnet_file,
-        extra_args=config.upscale.engine_args(),
+        extra_args=config.engine_args(),
     )
-    return ZImageBot(config, store, engine, external_wait)
 
 
 def torch_is_loaded() -> bool:

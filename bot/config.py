@@ -30,6 +30,7 @@ class EngineConfig:
     low_vram: str = "auto"  # auto | on | off
     download_on_start: bool = True  # fetch missing real weights before starting the engine
     controlnet_file: str = ""  # another file of the ControlNet Union 2.1 repo; "" = the 8-step one
+    lora_dir: str = ""  # folder of LoRA .safetensors files /imagine offers; "" = <data_dir>/loras
 
 
 @dataclass
@@ -90,6 +91,14 @@ class Config:
     @property
     def data_path(self) -> Path:
         return Path(self.storage.data_dir)
+
+    @property
+    def lora_path(self) -> Path:
+        return Path(self.engine.lora_dir) if self.engine.lora_dir else self.data_path / "loras"
+
+    def engine_args(self) -> list[str]:
+        """`python -m engine serve` options beyond the ones EngineClient takes itself."""
+        return self.upscale.engine_args() + ["--lora-dir", str(self.lora_path)]
 
     @property
     def target_pixels(self) -> int:

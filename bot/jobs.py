@@ -364,6 +364,6 @@ def _engine_fields(params: dict[str, Any]) -> dict[str, Any]:
     """The protocol Job fields among a job's stored parameters."""
     keys = (
         "prompt", "negative_prompt", "model", "width", "height", "steps", "cfg", "seed", "count", "denoise",
-        "control_mode", "control_strength", "canny_low", "canny_high", "scale", "refine",
+        "control_mode", "control_strength", "canny_low", "canny_high", "scale", "refine", "lora", "lora_strength",
     )  # fmt: skip
     return {key: params[key] for key in keys if key in params}

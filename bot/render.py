@@ -115,6 +115,8 @@ def reproduce_command(params: dict, seed: int | None = None) -> str:
         f"steps:{params['steps']}",
         f"cfg:{params['cfg']}",
     ]
+    if params.get("lora"):
+        parts += [f"lora:{params['lora']}", f"lora_strength:{params['lora_strength']:g}"]
     return " ".join(part for part in parts if part)
 
 
@@ -135,6 +137,8 @@ def result_embed(params: dict, seconds: float, note: str | None, image_name: str
         embed.add_field(name="Vary strength", value=f"{params['denoise']:g}")
     if params.get("control_mode"):
         embed.add_field(name="Control", value=f"{params['control_mode']} · {params['control_strength']:g}")
+    if params.get("lora"):
+        embed.add_field(name="LoRA", value=f"{params['lora']} · {params['lora_strength']:g}")
     if params.get("negative_prompt"):
         embed.add_field(name="Negative", value=_clip(params["negative_prompt"], 1000), inline=False)
     if image_name:

@@ -11,6 +11,7 @@ from discord.ext import commands
 from bot.jobs import JobRequest, Refused
 from bot.render import ASPECTS, size_for_aspect
 from bot.views import post_queued, refuse
+from engine.protocol import installed_loras
 
 
 class Imagine(commands.Cog):
@@ -27,6 +28,8 @@ class Imagine(commands.Cog):
         steps="Denoising steps (default: 8 turbo, 30 base)",
         cfg="Prompt strength (default: 1 turbo, 4 base)",
         count="How many images (1-4); more than one comes as a grid",
+        lora="A style or subject add-on installed on this bot",
+        lora_strength="How strongly the LoRA applies (default 1; negative pushes away from it)",
     )
     @app_commands.choices(aspect=[app_commands.Choice(name=a, value=a) for a in ASPECTS])
     async def imagine(
@@ -40,13 +43,18 @@ class Imagine(commands.Cog):
         steps: int | None = None,
         cfg: float | None = None,
         count: int = 1,
+        lora: str | None = None,
+        lora_strength: app_commands.Range[float, -2.0, 2.0] = 1.0,
     ) -> None:
         width, height = size_for_aspect(aspect, self.bot.config.target_pixels)
         params = {
             "prompt": prompt, "negative_prompt": negative or "", "model": model, "aspect": aspect,
             "width": width, "height": height, "steps": steps, "cfg": cfg, "seed": seed, "count": count,
         }  # fmt: skip
+        if lora:
+            params |= {"lora": lora, "lora_strength": lora_strength}
         try:
+            self._check_lora(lora)
             params = await self.bot.policy.check(interaction, "imagine", params)
             request = JobRequest(
                 interaction.guild_id, interaction.channel_id, interaction.user.id, "txt2img", params,
@@ -58,6 +66,23 @@ class Imagine(commands.Cog):
             return
         text = f"Queued — position {submitted.position}, ETA {submitted.eta} (job `{submitted.job.id}`)"
         await post_queued(interaction, text, submitted.job.id)
+
+    @imagine.autocomplete("lora")
+    async def lora_choices(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        names = installed_loras(self.bot.config.lora_path)
+        matching = [name for name in names if current.lower() in name.lower()]
+        return [app_commands.Choice(name=name, value=name) for name in matching[:25]]  # Discord shows 25 at most
+
+    def _check_lora(self, lora: str | None) -> None:
+        """A typed name (autocomplete is only a suggestion) must be one the operator installed."""
+        if not lora:
+            return
+        installed = installed_loras(self.bot.config.lora_path)
+        if lora not in installed:
+            if not installed:
+                raise Refused("This bot has no LoRAs installed; leave the lora option empty.")
+            more = f" and {len(installed) - 20} more" if len(installed) > 20 else ""
+            raise Refused(f"There is no LoRA named `{lora}` here. Installed: {', '.join(installed[:20])}{more}.")
 
 
 async def setup(bot) -> None:

@@ -201,7 +201,7 @@ class PooledPipeline:
         folder = self.options.lora_dir
         installed = installed_loras(folder) if folder else []
         if name not in installed:
-            offered = ", ".join(installed) if installed else "none are installed"
+            offered = ", ".join(installed[:20]) + (" …" if len(installed) > 20 else "") or "none are installed"
             raise BadInput(f"There is no LoRA named {name!r} ({offered}).")
         path = Path(folder) / f"{name}.safetensors"
         key = (str(path), path.stat().st_mtime_ns)

@@ -15,8 +15,7 @@ os.environ.setdefault(
 )
 
 
-# The LoRA folder of the in-process pipeline and of the engine process; `tiny_loras` fills it.
-LORA_DIR = os.path.join(os.environ["ZIMAGE_BOT_CACHE"], "loras")
+from tests.discord_harness import LORA_DIR  # noqa: E402  (after the cache folder is chosen)
 
 
 @pytest.fixture(scope="session")

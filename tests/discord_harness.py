@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 from pathlib import Path
 
@@ -14,11 +15,13 @@ from bot.config import parse_config
 from bot.store import JobStore
 
 JOB_ID = re.compile(r"job `([0-9a-f]+)`")
+# The LoRA folder of the test engine process (conftest sets the cache folder; `tiny_loras` fills it).
+LORA_DIR = str(Path(os.environ["ZIMAGE_BOT_CACHE"]) / "loras")
 
 
 def tiny_config(data_dir: Path, **sections):
     raw = {
-        "engine": {"models": "tiny", "device": "cpu"},
+        "engine": {"models": "tiny", "device": "cpu", "lora_dir": LORA_DIR},
         "storage": {"data_dir": str(data_dir)},
         "imagine": {"target_pixels": 64 * 64, "progress_interval": 0.01, "preview_every": 1},
     }
@@ -79,11 +82,13 @@ class World:
         return result, self.job_id(result)
 
     def job_id(self, result) -> str | None:
-        """The job an interaction queued. Its status message is deleted once the result is out, which
-        a fast job can do before the interaction returns: then the latest job id the bot sent."""
-        if result.response is not None:
-            match = JOB_ID.search(result.response.content)
-            return match and match.group(1)
+        """The job an interaction queued. Its status message is deleted once the result is out (or
+        edited to say it failed), which a fast job can do before the interaction returns: then the
+        latest job id the bot sent."""
+        if result.response is not None and (match := JOB_ID.search(result.response.content)):
+            return match.group(1)
+        if result.response is not None and result.ephemeral:
+            return None  # refused: nothing was queued
         found = JOB_ID.findall("\n".join(self.contents_sent()))
         return found[-1] if found else None
 

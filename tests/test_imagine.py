@@ -146,3 +146,35 @@ async def test_a_result_that_cannot_be_posted_says_so_on_its_status_message(engi
         status = [m for m in world.channel.history() if m.id == job.status_message_id][0]
         assert "that failed: I may not post in this channel" in status.content
         assert not status.components  # no Cancel button left on a job that has ended
+
+
+async def test_imagine_with_a_lora_offers_applies_shows_and_keeps_it(engine_client, tmp_path, tiny_loras):
+    async with discord_world(engine_client, tmp_path) as world:
+        offered = await world.alice.autocomplete(world.channel, "imagine", "lora", "STY", prompt="a cat")
+        assert [choice["value"] for choice in offered] == ["tiny-style"]
+
+        _, job_id = await world.imagine(
+            world.alice, prompt="a cat", seed=3, steps=2, lora="tiny-style", lora_strength=0.5
+        )
+        job = await world.wait_job(job_id)
+        assert job.state == "done", job.error
+        posted = world.bot_messages()[-1]
+        fields = {f.name: f.value for f in posted.embeds[0].fields}
+        assert fields["LoRA"] == "tiny-style · 0.5"
+        assert "LoRA: tiny-style 0.5" in png_parameters(await posted.attachments[0].read())
+        info = await world.alice.click(posted, label="Info")
+        reproduce = {f.name: f.value for f in info.response.embeds[0].fields}["Reproduce"]
+        assert "cfg:1.0 lora:tiny-style lora_strength:0.5\n" in reproduce
+        reroll = await world.alice.click(posted, label="Reroll")  # a reroll keeps the LoRA
+        rerolled = await world.wait_job(world.job_id(reroll))
+        assert rerolled.state == "done" and rerolled.params["lora"] == "tiny-style"
+
+        unknown, none_queued = await world.imagine(world.alice, prompt="a cat", lora="nope")
+        assert unknown.ephemeral and none_queued is None
+        assert "There is no LoRA named `nope` here. Installed: misfit, tiny-style." in unknown.response.content
+
+        # One the engine refuses (made for another model): the job fails with the engine's reason.
+        _, misfit_job = await world.imagine(world.alice, prompt="a cat", steps=2, lora="misfit")
+        failed = await world.wait_job(misfit_job)
+        assert failed.state == "failed" and "does not fit Z-Image's transformer" in failed.error
+        assert any("that failed: The LoRA 'misfit' does not fit" in text for text in world.contents_sent())
