@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from textwrap import shorten
+
 import discord
 from discord import app_commands
 from discord.ext import commands
 
 from bot.settings import SETTINGS, describe
 from bot.views import CancelButton
+from engine.protocol import installed_loras
 
 HELP_LIMITS = (
     "max_steps_turbo",
@@ -84,7 +87,7 @@ class QueueCommands(commands.Cog):
         embed.add_field(
             name="Commands",
             value=(
-                "`/imagine prompt` — text to image (Turbo: fast; Base: 30 steps, honours negatives)\n"
+                "`/imagine prompt [lora]` — text to image (Turbo: fast; Base: 30 steps, honours negatives)\n"
                 "`/control image prompt [mode]` — follow the edges, depth or pose of your image (Turbo)\n"
                 "`/upscale image [scale] [refine]` — Real-ESRGAN ×2/×4; also the **Upscale image** message menu\n"
                 "Buttons: **Reroll** new seed · **Vary** / V1–V4 img2img · **Upscale** / U1–U4 · **Info** · **Delete**\n"
@@ -95,6 +98,10 @@ class QueueCommands(commands.Cog):
         enabled = ", ".join(f"/{c}" for c in rules["commands"]) or "none"
         embed.add_field(name="Enabled here", value=enabled)
         embed.add_field(name="Default model", value=rules["default_model"])
+        loras = installed_loras(self.bot.config.lora_path)
+        embed.add_field(
+            name="LoRAs", value=shorten(", ".join(loras), 1024, placeholder=" …") if loras else "none installed"
+        )
         for key in HELP_LIMITS:
             embed.add_field(name=key.replace("_", " "), value=describe(SETTINGS[key], rules[key]))
         await interaction.response.send_message(embed=embed, ephemeral=True)

@@ -216,7 +216,7 @@ async def test_admin_cancels_another_members_job_and_a_non_admin_cannot(engine_c
         await world.wait_job(first)
 
 
-async def test_queue_and_help_show_positions_and_this_servers_limits(engine_client, tmp_path):
+async def test_queue_and_help_show_positions_and_this_servers_limits(engine_client, tmp_path, tiny_loras):
     async with discord_world(engine_client, tmp_path) as world:
         world.bot.jobs.pause()
         await world.imagine(world.alice, prompt="a cat", steps=2)  # to the idle GPU at once
@@ -232,4 +232,5 @@ async def test_queue_and_help_show_positions_and_this_servers_limits(engine_clie
         fields = {field.name: field.value for field in shown.response.embeds[0].fields}
         assert shown.ephemeral and fields["daily quota"] == "5" and fields["max steps turbo"] == "50"
         assert fields["Enabled here"] == "/imagine, /upscale" and "/control image prompt" in fields["Commands"]
+        assert fields["LoRAs"] == "misfit, tiny-style"
         world.bot.jobs.resume()
