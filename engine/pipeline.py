@@ -13,13 +13,13 @@ import time
 from pathlib import Path
 
 import torch
-from diffsynth.core import LoRAHotLoadMixin, load_state_dict
 from diffsynth.diffusion.base_pipeline import ControlNetInput  # noqa: F401  (re-exported for modes)
 from diffsynth.models import z_image_dit
 from diffsynth.models.model_loader import ModelPool
 from diffsynth.pipelines.z_image import ZImagePipeline
 from transformers import AutoTokenizer
 
+from engine.lora import check_fits, lora_layer_names, read_lora, to_diffsynth_layout
 from engine.models import Component, components_for, resolve
 from engine.options import EngineOptions
 from engine.protocol import BadInput, installed_loras
@@ -77,7 +77,7 @@ class PooledPipeline:
         self.dits: dict[str, torch.nn.Module] = {}
         self.low_vram = False
         self.load_seconds = 0.0
-        self._lora_cache: tuple[tuple, dict] | None = None  # the last LoRA read, on the device
+        self._lora_cache: tuple[tuple, dict] | None = None  # the last LoRA read, on the CPU
 
     # -- loading -----------------------------------------------------------------------------
 
@@ -186,18 +186,19 @@ class PooledPipeline:
             yield
             return
         dit = self.pipe.dit
-        lora = self._read_lora(name)
         if not getattr(dit, "vram_management_enabled", False):
             # Once per DiT: wrap its Linear layers so LoRA weights can ride beside them.
             self.pipe.enable_lora_hot_loading(dit)
-        _check_lora_fits(name, dit, lora)
-        self.pipe.load_lora(dit, state_dict=lora, alpha=strength, hotload=True, verbose=0)
+        lora = self._lora_on_cpu(name, lora_layer_names(dit))
+        check_fits(name, dit, lora)
         try:
+            lora = {key: tensor.to(device=self.device, dtype=self.dtype) for key, tensor in lora.items()}
+            self.pipe.load_lora(dit, state_dict=lora, alpha=strength, hotload=True, verbose=0)
             yield
-        finally:
+        finally:  # also after an error half-way through load_lora: no later job may keep any of it
             self.pipe.clear_lora(verbose=0)
 
-    def _read_lora(self, name: str) -> dict:
+    def _lora_on_cpu(self, name: str, layer_names: list[str]) -> dict:
         folder = self.options.lora_dir
         installed = installed_loras(folder) if folder else []
         if name not in installed:
@@ -207,28 +208,8 @@ class PooledPipeline:
         key = (str(path), path.stat().st_mtime_ns)
         if self._lora_cache is None or self._lora_cache[0] != key:
             self._lora_cache = None  # free the previous one first: LoRAs can be hundreds of MB
-            try:
-                raw = load_state_dict(str(path), torch_dtype=self.dtype, device=self.device)
-            except Exception as exc:
-                raise BadInput(f"The LoRA {name!r} could not be read ({type(exc).__name__}).") from exc
-            self._lora_cache = (key, self.pipe.lora_loader().convert_state_dict(raw))
+            self._lora_cache = (key, to_diffsynth_layout(read_lora(str(path), name), layer_names))
         return self._lora_cache[1]
-
-
-def _check_lora_fits(name: str, dit: torch.nn.Module, lora: dict) -> None:
-    """Refuse a LoRA made for another model before it reaches a matmul (a shape error mid-job)."""
-    layers = {module.name: module for module in dit.modules() if isinstance(module, LoRAHotLoadMixin)}
-    targets = [key.removesuffix(".lora_A.weight") for key in lora if key.endswith(".lora_A.weight")]
-    fitting = [t for t in targets if t in layers]
-    if not fitting:
-        raise BadInput(f"The LoRA {name!r} has no layers that fit Z-Image's transformer; is it for another model?")
-    for target in fitting:
-        down, up = lora[f"{target}.lora_A.weight"], lora[f"{target}.lora_B.weight"]
-        layer = layers[target]
-        if down.dim() != 2 or down.shape[1] != layer.in_features or up.shape[0] != layer.out_features:
-            raise BadInput(f"The LoRA {name!r} does not fit Z-Image's transformer (layer {target}).")
-    if len(fitting) < len(targets):
-        log.warning("LoRA %s: %d of its %d layers match this DiT", name, len(fitting), len(targets))
 
 
 def _quiet(iterable):

@@ -41,3 +41,44 @@ def test_bad_loras_are_refused_with_a_clear_message(tiny_pipeline, tiny_limits, 
     with pytest.raises(BadInput) as refused:
         run_image_job(tiny_pipeline, job(**fields), tiny_limits)
     assert message in str(refused.value)
+
+
+def test_community_key_layouts_give_the_same_image(tiny_pipeline, tiny_limits, tiny_loras, tmp_path, monkeypatch):
+    """diffusers, kohya (lora_down/up + alpha) and fused-qkv files load the same layers."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    canonical = load_file(tiny_loras / "tiny-style.safetensors")  # diffusion_model.<layer>.lora_A/B.weight
+    layers = sorted({key.removeprefix("diffusion_model.").rsplit(".lora_", 1)[0] for key in canonical})
+    diffusers = {key.replace("diffusion_model.", "transformer.", 1): value for key, value in canonical.items()}
+    kohya = {}
+    for layer in layers:
+        flat = "lora_unet_" + layer.replace(".", "_")
+        kohya[f"{flat}.lora_down.weight"] = canonical[f"diffusion_model.{layer}.lora_A.weight"]
+        kohya[f"{flat}.lora_up.weight"] = canonical[f"diffusion_model.{layer}.lora_B.weight"]
+        kohya[f"{flat}.alpha"] = torch.tensor(4.0)  # alpha = rank: a scale of 1
+    # Fused attention: one down-projection for q, k and v, their up-projections stacked.
+    generator = torch.Generator().manual_seed(5)
+    fused = {"diffusion_model.layers.0.attention.qkv.lora_A.weight": torch.randn(4, 64, generator=generator)}
+    fused["diffusion_model.layers.0.attention.qkv.lora_B.weight"] = torch.randn(192, 4, generator=generator) * 0.3
+    fused["diffusion_model.layers.0.attention.out.lora_A.weight"] = torch.randn(4, 64, generator=generator)
+    fused["diffusion_model.layers.0.attention.out.lora_B.weight"] = torch.randn(64, 4, generator=generator) * 0.3
+    split = {"layers.0.attention.to_out.0.lora_A.weight": fused["diffusion_model.layers.0.attention.out.lora_A.weight"]}
+    split["layers.0.attention.to_out.0.lora_B.weight"] = fused["diffusion_model.layers.0.attention.out.lora_B.weight"]
+    for index, projection in enumerate(("to_q", "to_k", "to_v")):
+        down = fused["diffusion_model.layers.0.attention.qkv.lora_A.weight"]
+        split[f"layers.0.attention.{projection}.lora_A.weight"] = down.clone()  # a file stores each once
+        up = fused["diffusion_model.layers.0.attention.qkv.lora_B.weight"][64 * index : 64 * (index + 1)]
+        split[f"layers.0.attention.{projection}.lora_B.weight"] = up.contiguous()
+    monkeypatch.setattr(tiny_pipeline.options, "lora_dir", str(tmp_path))  # the shared folder stays as it is
+    layouts = {"tiny-style": canonical, "as-diffusers": diffusers, "as-kohya": kohya, "fused": fused, "split": split}
+    for name, tensors in layouts.items():
+        save_file(tensors, tmp_path / f"{name}.safetensors")
+
+    def image(lora):
+        return pixels(run_image_job(tiny_pipeline, job(lora=lora), tiny_limits).images[0])
+
+    reference = image("tiny-style")
+    assert (image("as-diffusers") == reference).all() and (image("as-kohya") == reference).all()
+    fused_image = image("fused")
+    assert (fused_image == image("split")).all() and abs(fused_image - image(None)).mean() > 1
