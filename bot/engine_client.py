@@ -57,7 +57,8 @@ class EngineClient:
         self.process: asyncio.subprocess.Process | None = None
         self.ready_info: Ready | None = None
         self.fatal: str | None = None  # set when restarting cannot help (missing weights, or start-up keeps failing)
-        self.restarts = 0  # in a row, without the engine becoming ready in between
+        self.restarts = 0  # in a row, without the engine becoming ready in between (sets the backoff)
+        self.failed_starts = 0  # in a row: processes that ended (or never began) before they were ready
         self.max_failed_starts = max_failed_starts
         self._cancelled: set[str] = set()  # cancels that arrived before their job reached the engine
         self._ready = asyncio.Event()
@@ -196,7 +197,7 @@ class EngineClient:
     async def _dispatch(self, message: protocol.Message) -> None:
         if isinstance(message, Ready):
             self.ready_info = message
-            self.restarts = 0
+            self.restarts = self.failed_starts = 0
             self._ready.set()
             log.info("engine ready on %s with %s models", message.device, message.models)
             return
@@ -224,16 +225,20 @@ class EngineClient:
 
     def _on_exit(self, process: asyncio.subprocess.Process) -> None:
         log.log(logging.INFO if self._closing else logging.ERROR, "engine exited with code %s", process.returncode)
+        if self.ready_info is None:
+            self.failed_starts += 1
         self.ready_info = None
         self._ready.clear()
         self._engine_idle.set()
         if self._current and not self._current[1].done():
             self._current[1].set_exception(EngineDead(f"the engine exited with code {process.returncode}"))
-        if self._closing:
-            return
-        if not self.fatal and self.restarts >= self.max_failed_starts:
+        if not self._closing:
+            self._restart_or_give_up()
+
+    def _restart_or_give_up(self) -> None:
+        if not self.fatal and self.failed_starts >= self.max_failed_starts:
             self.fatal = (
-                f"The image engine failed to start {self.restarts} times in a row; the bot's operator "
+                f"The image engine failed to start {self.failed_starts} times in a row; the bot's operator "
                 "needs to look at its log."
             )
             log.error("giving up on the engine: %s", self.fatal)
@@ -247,8 +252,14 @@ class EngineClient:
         self.restarts += 1
         log.warning("restarting the engine in %.1f s (restart #%d)", delay, self.restarts)
         await asyncio.sleep(delay)
-        if not self._closing:
+        if self._closing:
+            return
+        try:
             await self._spawn()
+        except OSError:  # no interpreter, too many open files: a start that failed too
+            log.exception("could not start the engine process")
+            self.failed_starts += 1
+            self._restart_or_give_up()
 
     async def _relay_log(self, process: asyncio.subprocess.Process) -> None:
         """Engine stderr into our log: its own log lines at INFO, library chatter at DEBUG."""

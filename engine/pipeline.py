@@ -51,8 +51,10 @@ def pick_dtype(device: str) -> torch.dtype:
     return torch.float32 if device == "cpu" else torch.bfloat16
 
 
-# Both DiTs, the text encoder and the VAE in bf16 need ~41 GB; below this, offload the idle ones.
+# Both DiTs, the text encoder and the VAE in bf16 need ~41 GB: everything stays on a card of at
+# least 44 GB with 42 GB of it free (another process may hold some); otherwise idle models are offloaded.
 FULLY_RESIDENT_MIN_GB = 44.0
+FULLY_RESIDENT_FREE_GB = 42.0
 
 
 class StreamingZImagePipeline(ZImagePipeline):
@@ -118,9 +120,8 @@ class PooledPipeline:
             return False
         if self.options.low_vram != "auto":
             return self.options.low_vram == "on"
-        # Free, not total: another process on the card (a desktop, a second service) counts against us.
-        free_gb = torch.cuda.mem_get_info(torch.device(self.device))[0] / 2**30
-        return self.options.models == "zimage" and free_gb < FULLY_RESIDENT_MIN_GB
+        free, total = (size / 2**30 for size in torch.cuda.mem_get_info(torch.device(self.device)))
+        return self.options.models == "zimage" and (total < FULLY_RESIDENT_MIN_GB or free < FULLY_RESIDENT_FREE_GB)
 
     def _vram_config(self) -> dict:
         if not self.low_vram:

@@ -58,11 +58,19 @@ class GpuBroken(Exception):
     """An unrecoverable accelerator error (illegal memory access, device-side assert, ECC/Xid)."""
 
 
-def gpu_is_broken(exc: BaseException) -> bool:
+def gpu_is_broken(exc: BaseException, device: str) -> bool:
+    """A CUDA error that left the device unusable; some (a cuBLAS out-of-memory) do not."""
     import torch
 
     accelerator_error = getattr(torch, "AcceleratorError", ())  # torch >= 2.8 raises it for CUDA errors
-    return isinstance(exc, accelerator_error) or (isinstance(exc, RuntimeError) and "CUDA error:" in str(exc))
+    if not (isinstance(exc, accelerator_error) or (isinstance(exc, RuntimeError) and "CUDA error:" in str(exc))):
+        return False
+    try:  # a sticky error (illegal address, device-side assert) fails every later call too
+        if device.startswith("cuda"):
+            torch.cuda.synchronize(device)
+        return torch.ones(1, device=device).sum().item() != 1
+    except Exception:
+        return True
 
 
 class Worker:
@@ -72,6 +80,7 @@ class Worker:
         self.writer = writer
         self.jobs: queue.Queue = queue.Queue()
         self.cancelled: set[str] = set()
+        self.waiting: set[str] = set()  # received and not yet answered: a Cancel for these counts
         self.current_job_id: str | None = None
         self.pooled = None
 
@@ -83,10 +92,11 @@ class Worker:
                 if message is None or isinstance(message, Shutdown):
                     break
                 if isinstance(message, Cancel):
-                    # Only the running job: a late Cancel must not poison the same job sent again later.
-                    if message.job_id == self.current_job_id:
+                    # Only a job not yet answered: a late Cancel must not poison the same job sent again.
+                    if message.job_id in self.waiting:
                         self.cancelled.add(message.job_id)
                 else:
+                    self.waiting.add(message.job_id)
                     self.jobs.put(message)
         except Exception:
             log.exception("reading the control stream failed")
@@ -123,6 +133,8 @@ class Worker:
                 return EXIT_GPU_BROKEN
             self.current_job_id = None
             self.writer.send(outcome)
+            self.waiting.discard(job.job_id)
+            self.cancelled.discard(job.job_id)
         return 0
 
     def handle(self, job: Job):
@@ -152,16 +164,16 @@ class Worker:
         except torch.OutOfMemoryError:
             log.warning("out of memory on job %s (%sx%s x%s)", job.job_id, job.width, job.height, job.count)
         except Exception as exc:
-            if gpu_is_broken(exc):
+            if gpu_is_broken(exc, self.pooled.device):
                 raise GpuBroken() from exc
-            log.error("job %s failed:\n%s", job.job_id, traceback.format_exc())
-            return Failure(
-                job.job_id,
-                FailureKind.INTERNAL,
-                "The engine hit an internal error; the operator can find it in the logs.",
-            )
-        finally:
-            self.cancelled.discard(job.job_id)
+            if "out of memory" not in str(exc).lower():  # cuBLAS/cuDNN allocation failures say it this way
+                log.error("job %s failed:\n%s", job.job_id, traceback.format_exc())
+                return Failure(
+                    job.job_id,
+                    FailureKind.INTERNAL,
+                    "The engine hit an internal error; the operator can find it in the logs.",
+                )
+            log.warning("out of memory on job %s: %s", job.job_id, exc)
         # Only out-of-memory gets here: free memory now that no traceback holds the activations.
         gc.collect()
         if torch.cuda.is_available():

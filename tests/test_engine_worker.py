@@ -125,7 +125,7 @@ def test_an_unrecoverable_gpu_error_ends_the_engine_without_an_answer(tiny_limit
     from engine.worker import EXIT_GPU_BROKEN, FrameWriter, Worker
 
     class DeadGpuPipeline:
-        device = "cuda"
+        device = "meta"  # a device that computes nothing any more, as a GPU after an illegal memory access
 
         def use(self, model):
             raise torch.AcceleratorError("CUDA error: an illegal memory access was encountered")
@@ -140,17 +140,20 @@ def test_an_unrecoverable_gpu_error_ends_the_engine_without_an_answer(tiny_limit
     assert worker.jobs.get_nowait().job_id == "never-started"
 
 
-def test_out_of_memory_answers_with_a_hint_and_the_worker_keeps_serving(tiny_limits):
+@pytest.mark.parametrize("error", ["torch", "cublas"])
+def test_out_of_memory_answers_with_a_hint_and_the_worker_keeps_serving(tiny_limits, error):
     import torch
 
     from engine.protocol import read_message
     from engine.worker import FrameWriter, Worker
 
     class FullGpuPipeline:
-        device = "cuda"
+        device = "cpu"  # still works: out of memory is not a broken device
 
         def use(self, model):
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+            if error == "torch":
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+            raise torch.AcceleratorError("CUDA error: out of memory")  # what cuBLAS/cuDNN raise instead
 
     frames = io.BytesIO()
     worker = Worker(options=None, limits=tiny_limits, writer=FrameWriter(frames))
@@ -167,3 +170,14 @@ def test_out_of_memory_answers_with_a_hint_and_the_worker_keeps_serving(tiny_lim
         ("next", FailureKind.OUT_OF_MEMORY),
     ]
     assert "2 image(s) at 64x64" in answers[0].message and "smaller size or fewer images" in answers[0].message
+
+
+def test_a_cancel_that_arrives_before_its_job_starts_is_kept_and_a_stray_one_ignored(tiny_limits):
+    from engine.protocol import Cancel, encode
+    from engine.worker import FrameWriter, Worker
+
+    worker = Worker(options=None, limits=tiny_limits, writer=FrameWriter(io.BytesIO()))
+    frames = encode(tiny_job("queued")) + encode(Cancel("queued")) + encode(Cancel("answered-long-ago"))
+    worker.read_forever(io.BytesIO(frames))  # the reader thread's loop, up to end of stream
+    assert worker.cancelled == {"queued"}
+    assert worker.jobs.get_nowait().job_id == "queued" and worker.jobs.get_nowait() is None
