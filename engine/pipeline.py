@@ -102,6 +102,10 @@ class PooledPipeline:
         self.pipe.dit = self.dits["turbo"]
         self.pipe.vram_management_enabled = self.pipe.check_vram_management_state()
         if self.options.compile:
+            if self.options.lora_dir and installed_loras(self.options.lora_dir):
+                # Wrap for LoRA hot-loading before compiling, not at the first LoRA job (a recompile).
+                for dit in self.dits.values():
+                    self.pipe.enable_lora_hot_loading(dit)
             self.compile()
         self.load_seconds = time.perf_counter() - start
         log.info(
