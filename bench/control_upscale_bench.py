@@ -16,7 +16,6 @@ import argparse
 import io
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -28,6 +27,8 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
+
+from bench.engine_bench import sync_time  # noqa: E402
 
 REFERENCE_H100 = {"control_1024_8step_eager_s": 2.31, "control_1024_8step_target_s": 1.4}
 CONTROLNET_SCALE = 0.2  # like the random DiTs: keeps activations finite through random layers
@@ -46,19 +47,6 @@ def synthetic_photo(size: int) -> bytes:
     out = io.BytesIO()
     image.save(out, "PNG")
     return out.getvalue()
-
-
-def timed(fn, synchronize, n: int = 3, warm: int = 1) -> dict:
-    for _ in range(warm):
-        fn()
-    runs = []
-    for _ in range(n):
-        synchronize()
-        start = time.perf_counter()
-        fn()
-        synchronize()
-        runs.append(time.perf_counter() - start)
-    return {"median_s": round(statistics.median(runs), 4), "runs_s": [round(t, 4) for t in runs]}
 
 
 def build(smoke: bool):
@@ -135,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         def run():
             last["result"] = run_image_job(pooled, job, limits)
 
-        timing = timed(run, synchronize)
+        timing = sync_time(run, synchronize=synchronize)
         timing["stages_s"] = {k: round(v, 4) for k, v in last["result"].timings.items()}
         return timing
 
@@ -158,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if not args.smoke:
             torch.cuda.reset_peak_memory_stats()
-        timing = timed(run, synchronize, n=1 if refine else 3)
+        timing = sync_time(run, n=1 if refine else 3, synchronize=synchronize)
         timing["stages_s"] = {k: round(v, 4) for k, v in last["result"].timings.items()}
         timing["png_MB"] = round(len(last["result"].images[0]) / 1e6, 1)
         record(f"upscale_{small}_to_{small * 4}{'_refine' if refine else ''}", timing)

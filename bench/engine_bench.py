@@ -38,15 +38,16 @@ REFERENCE = {
 }
 
 
-def sync_time(fn, n: int = 3, warm: int = 1) -> dict:
+def sync_time(fn, n: int = 3, warm: int = 1, synchronize=torch.cuda.synchronize) -> dict:
+    """Median wall time of `fn` over n runs after `warm` discarded ones, the device synchronised."""
     for _ in range(warm):
         fn()
     times = []
     for _ in range(n):
-        torch.cuda.synchronize()
+        synchronize()
         start = time.perf_counter()
         fn()
-        torch.cuda.synchronize()
+        synchronize()
         times.append(time.perf_counter() - start)
     return {"median_s": round(statistics.median(times), 4), "runs_s": [round(t, 4) for t in times]}
 

@@ -57,7 +57,6 @@ class EngineClient:
         self.process: asyncio.subprocess.Process | None = None
         self.ready_info: Ready | None = None
         self.fatal: str | None = None  # set when restarting cannot help (missing weights, or start-up keeps failing)
-        self.restarts = 0  # in a row, without the engine becoming ready in between (sets the backoff)
         self.failed_starts = 0  # in a row: processes that ended (or never began) before they were ready
         self.max_failed_starts = max_failed_starts
         self._cancelled: set[str] = set()  # cancels that arrived before their job reached the engine
@@ -197,7 +196,7 @@ class EngineClient:
     async def _dispatch(self, message: protocol.Message) -> None:
         if isinstance(message, Ready):
             self.ready_info = message
-            self.restarts = self.failed_starts = 0
+            self.failed_starts = 0
             self._ready.set()
             log.info("engine ready on %s with %s models", message.device, message.models)
             return
@@ -248,9 +247,9 @@ class EngineClient:
         self._spawn_task(self._restart())
 
     async def _restart(self) -> None:
-        delay = self.restart_backoff[min(self.restarts, len(self.restart_backoff) - 1)]
-        self.restarts += 1
-        log.warning("restarting the engine in %.1f s (restart #%d)", delay, self.restarts)
+        # The first restart after a crash waits least; each start that fails in a row waits longer.
+        delay = self.restart_backoff[min(self.failed_starts, len(self.restart_backoff) - 1)]
+        log.warning("restarting the engine in %.1f s (%d failed start(s) in a row)", delay, self.failed_starts)
         await asyncio.sleep(delay)
         if self._closing:
             return

@@ -151,16 +151,20 @@ class JobService:
 
     async def set_status_message(self, job_id: str, message_id: int) -> None:
         await self.store.update_job(job_id, status_message_id=message_id)
+        await self._show_end(job_id)  # a fast job may have ended before its status message was posted
+
+    async def _show_end(self, job_id: str) -> None:
+        """An ended job's status message: deleted once the result is out, else saying why it ended."""
         job = await self.store.get_job(job_id)
-        if job is None:
+        if job is None or not job.status_message_id or job.state not in ("done", "failed", "cancelled"):
             return
-        if job.state == "done":  # it finished before its status message was posted: nothing to show
-            message = self.client.get_partial_messageable(job.channel_id).get_partial_message(message_id)
+        if job.state == "done":
+            message = self.client.get_partial_messageable(job.channel_id).get_partial_message(job.status_message_id)
             with contextlib.suppress(discord.HTTPException):
                 await message.delete()
-        elif job.state in ("failed", "cancelled"):
-            text = "Cancelled." if job.state == "cancelled" else f"<@{job.user_id}> that failed: {job.error}"
-            await self._edit_status(job, content=text, view=None, attachments=[])
+            return
+        text = "Cancelled." if job.state == "cancelled" else f"<@{job.user_id}> that failed: {job.error}"
+        await self._edit_status(job, content=text, view=None, attachments=[])
 
     async def cancel(self, job_id: str, user_id: int, *, may_cancel_others: bool = False) -> str:
         job = await self.store.get_job(job_id)
@@ -235,8 +239,7 @@ class JobService:
         if isinstance(outcome, Failure):
             state = "cancelled" if outcome.kind == FailureKind.CANCELLED else "failed"
             await self.store.update_job(job.id, state=state, error=outcome.message, finished_at=time.time())
-            text = "Cancelled." if state == "cancelled" else f"<@{job.user_id}> that failed: {outcome.message}"
-            await self._edit_status(job, content=text, view=None, attachments=[])
+            await self._show_end(job.id)
             return
         self._mark(job.id, "result")
         self.estimator.record(job.kind, queued.cost, outcome.timings.get("total", 0.0))
@@ -270,15 +273,12 @@ class JobService:
 
     async def _fail_delivery(self, job_id: str, exc: Exception) -> None:
         """The job could not be run or posted: say so on its status message, so nobody waits for it."""
-        await self.store.update_job(job_id, state="failed", error="internal error", finished_at=time.time())
-        job = await self.store.get_job(job_id)
-        if job is None:
-            return
         if isinstance(exc, discord.Forbidden):
             reason = "I may not post in this channel (I need Send Messages, Attach Files and Embed Links here)."
         else:
             reason = "something went wrong on our side while posting the result; try again."
-        await self._edit_status(job, content=f"<@{job.user_id}> that failed: {reason}", view=None, attachments=[])
+        await self.store.update_job(job_id, state="failed", error=reason, finished_at=time.time())
+        await self._show_end(job_id)
 
     def _progress_handler(self, job: JobRecord):
         interval = self.config.imagine.progress_interval
@@ -349,10 +349,7 @@ class JobService:
         if message is None:
             raise RuntimeError("the result could not be uploaded")
         await self.store.update_job(job.id, state="done", finished_at=time.time(), result_message_id=message.id)
-        fresh = await self.store.get_job(job.id)
-        if fresh and fresh.status_message_id:
-            with contextlib.suppress(discord.HTTPException):
-                await channel.get_partial_message(fresh.status_message_id).delete()
+        await self._show_end(job.id)
 
 
 def _log_dispatcher_exit(task: asyncio.Task) -> None:

@@ -85,6 +85,18 @@ class RerollButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"zi:rer
         await _queue_follow_up(interaction, request, "Reroll")
 
 
+async def _stored_image(interaction: discord.Interaction, job_id: str, index: int):
+    """(job, stored result `index`) for the V and U buttons; (job or None, None) after replying why not."""
+    job = await _finished_job(interaction, job_id)
+    if job is None:
+        return None, None
+    results = await _service(interaction).store.results_for(job_id)
+    if index >= len(results) or not Path(results[index].path).exists():
+        await interaction.response.send_message("That image is no longer stored.", ephemeral=True)
+        return job, None
+    return job, results[index]
+
+
 class VaryButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"zi:vary:{ID}:(?P<index>[0-3])"):
     def __init__(self, job_id: str, index: int, label: str = "Vary"):
         button = discord.ui.Button(label=label, emoji="🪄" if label == "Vary" else None)
@@ -98,14 +110,9 @@ class VaryButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"zi:vary:
         return cls(match["job"], int(match["index"]), item.label or "Vary")
 
     async def callback(self, interaction: discord.Interaction) -> None:
-        job = await _finished_job(interaction, self.job_id)
-        if job is None:
+        job, source = await _stored_image(interaction, self.job_id, self.index)
+        if source is None:
             return
-        results = await _service(interaction).store.results_for(self.job_id)
-        if self.index >= len(results) or not Path(results[self.index].path).exists():
-            await interaction.response.send_message("That image is no longer stored.", ephemeral=True)
-            return
-        source = results[self.index]
         strength = _service(interaction).config.imagine.vary_strength
         params = {k: v for k, v in job.params.items() if k not in ("seed", "seeds")}
         params |= {"count": 1, "denoise": strength, "source": [self.job_id, self.index]}
@@ -125,7 +132,7 @@ async def queue_upscale(
     client = interaction.client
     if options.get("scale") is None:  # buttons and the menu: x4, or x2 where x4 would pass the output cap
         cap = client.jobs.limits.max_upscale_side
-        options = {**options, "scale": 4 if max(size) * 4 <= cap or max(size) * 2 > cap else 2}
+        options = {**options, "scale": 2 if max(size) * 4 > cap >= max(size) * 2 else 4}
         if options["scale"] == 2:
             notes = [*notes, f"x2, since x4 would be larger than {cap} pixels."]
     try:
@@ -160,14 +167,9 @@ class UpscaleButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"zi:up
         return cls(match["job"], int(match["index"]), item.label or "Upscale")
 
     async def callback(self, interaction: discord.Interaction) -> None:
-        job = await _finished_job(interaction, self.job_id)
-        if job is None:
+        job, stored = await _stored_image(interaction, self.job_id, self.index)
+        if stored is None:
             return
-        results = await _service(interaction).store.results_for(self.job_id)
-        if self.index >= len(results) or not Path(results[self.index].path).exists():
-            await interaction.response.send_message("That image is no longer stored.", ephemeral=True)
-            return
-        stored = results[self.index]
         size = (stored.parameters["width"], stored.parameters["height"])
         options = {"scale": None, "refine": False, "denoise": 0.0, "prompt": job.params.get("prompt", "")}
         options["source"] = [self.job_id, self.index]

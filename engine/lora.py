@@ -16,6 +16,7 @@ A fused `qkv` LoRA is split exactly: its up-projection rows are q, k and v one a
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 import torch
 from diffsynth.core import LoRAHotLoadMixin
@@ -39,7 +40,7 @@ def read_lora(path: str, name: str) -> dict[str, torch.Tensor]:
         raise BadInput(f"The LoRA {name!r} could not be read ({type(exc).__name__}).") from exc
 
 
-def to_diffsynth_layout(raw: dict[str, torch.Tensor], layer_names: list[str]) -> dict[str, torch.Tensor]:
+def to_diffsynth_layout(raw: dict[str, torch.Tensor], layer_names: Iterable[str]) -> dict[str, torch.Tensor]:
     """`<layer>.lora_A.weight` / `.lora_B.weight` for the DiT's layer names, from any layout above."""
     kohya_names = {KOHYA_PREFIX + name.replace(".", "_"): name for name in layer_names}
     for name in layer_names:  # fused attention layers some files use, split again below
@@ -74,13 +75,13 @@ def to_diffsynth_layout(raw: dict[str, torch.Tensor], layer_names: list[str]) ->
     return layers
 
 
-def lora_layer_names(dit: torch.nn.Module) -> list[str]:
-    return [module.name for module in dit.modules() if isinstance(module, LoRAHotLoadMixin)]
+def hot_load_layers(dit: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """The DiT's layers a hot-loaded LoRA can patch, by the names LoRA files use."""
+    return {module.name: module for module in dit.modules() if isinstance(module, LoRAHotLoadMixin)}
 
 
-def check_fits(name: str, dit: torch.nn.Module, lora: dict[str, torch.Tensor]) -> None:
+def check_fits(name: str, layers: dict[str, torch.nn.Module], lora: dict[str, torch.Tensor]) -> None:
     """Refuse a LoRA made for another model before it reaches a matmul (a shape error mid-job)."""
-    layers = {module.name: module for module in dit.modules() if isinstance(module, LoRAHotLoadMixin)}
     targets = [key.removesuffix(".lora_A.weight") for key in lora if key.endswith(".lora_A.weight")]
     fitting = [target for target in targets if target in layers]
     if not fitting:

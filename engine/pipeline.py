@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -19,7 +20,7 @@ from diffsynth.models.model_loader import ModelPool
 from diffsynth.pipelines.z_image import ZImagePipeline
 from transformers import AutoTokenizer
 
-from engine.lora import check_fits, lora_layer_names, read_lora, to_diffsynth_layout
+from engine.lora import check_fits, hot_load_layers, read_lora, to_diffsynth_layout
 from engine.models import Component, components_for, resolve
 from engine.options import EngineOptions
 from engine.protocol import BadInput, installed_loras
@@ -194,8 +195,9 @@ class PooledPipeline:
         if not getattr(dit, "vram_management_enabled", False):
             # Once per DiT: wrap its Linear layers so LoRA weights can ride beside them.
             self.pipe.enable_lora_hot_loading(dit)
-        lora = self._lora_on_cpu(name, lora_layer_names(dit))
-        check_fits(name, dit, lora)
+        layers = hot_load_layers(dit)
+        lora = self._lora_on_cpu(name, layers)
+        check_fits(name, layers, lora)
         try:
             lora = {key: tensor.to(device=self.device, dtype=self.dtype) for key, tensor in lora.items()}
             self.pipe.load_lora(dit, state_dict=lora, alpha=strength, hotload=True, verbose=0)
@@ -203,7 +205,7 @@ class PooledPipeline:
         finally:  # also after an error half-way through load_lora: no later job may keep any of it
             self.pipe.clear_lora(verbose=0)
 
-    def _lora_on_cpu(self, name: str, layer_names: list[str]) -> dict:
+    def _lora_on_cpu(self, name: str, layer_names: Iterable[str]) -> dict:
         folder = self.options.lora_dir
         installed = installed_loras(folder) if folder else []
         if name not in installed:
