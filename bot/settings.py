@@ -12,17 +12,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import regex
+from bot import prompt_filter
 
 if TYPE_CHECKING:
     from bot.config import Config
     from bot.store import JobStore
 
 COMMANDS = ("imagine", "control", "upscale")
-MAX_PATTERN_LENGTH = 200
-REGEX_TIMEOUT = 0.05  # seconds one pattern may take on one prompt
-# Inputs that make backtracking patterns explode: a probe at set time refuses such patterns.
-PATHOLOGICAL_PROBES = ("a" * 3000 + "!", "ab" * 1500 + "!", "a " * 1500 + "!", "x" * 2000 + "y" * 1000)
 
 
 class SettingError(Exception):
@@ -120,30 +116,22 @@ def parse_value(setting: Setting, text: str, config: Config) -> Any:
             raise SettingError(f"Unknown command(s) {', '.join(unknown)}: choose from {', '.join(COMMANDS)}.")
         return [name for name in COMMANDS if name in names]
     if kind == "words":
-        return sorted({word.strip().lower() for word in text.split(",") if word.strip()})
+        words = sorted({word.strip().lower() for word in text.split(",") if word.strip()})
+        _validated(prompt_filter.validate_words, words)
+        return words
     if kind == "patterns":
         patterns = [p.strip() for p in text.split("\n" if "\n" in text else ";;") if p.strip()]
-        for pattern in patterns:
-            check_pattern(pattern)
+        _validated(prompt_filter.validate_patterns, patterns)
         return patterns
     raise SettingError(f"unsupported setting kind {kind}")
 
 
-def check_pattern(pattern: str) -> None:
-    """Refuse a regex that does not compile, is too long, or backtracks catastrophically."""
-    if len(pattern) > MAX_PATTERN_LENGTH:
-        raise SettingError(f"A pattern may be at most {MAX_PATTERN_LENGTH} characters.")
+def _validated(validate: Callable[[list[str]], None], values: list[str]) -> None:
+    """Caps, RE2 syntax and cost checks live in bot/prompt_filter.py, next to the matching they protect."""
     try:
-        compiled = regex.compile(pattern, regex.IGNORECASE)
-    except regex.error as exc:
-        raise SettingError(f"`{pattern}` is not a valid regular expression: {exc}.") from None
-    for probe in PATHOLOGICAL_PROBES:
-        try:
-            compiled.search(probe, timeout=REGEX_TIMEOUT)
-        except TimeoutError:
-            raise SettingError(
-                f"`{pattern}` takes too long on some prompts (catastrophic backtracking); simplify it."
-            ) from None
+        validate(values)
+    except ValueError as exc:
+        raise SettingError(str(exc)) from None
 
 
 def describe(setting: Setting, value: Any) -> str:
