@@ -29,9 +29,11 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("ZIMAGE_BOT_CACHE", tempfile.mkdtemp(prefix="zimage-bot-bench-cache-"))
 REAL_MONOTONIC = time.monotonic  # taken before simcord installs its virtual clock
 
+from tests.discord_harness import discord_world  # noqa: E402
+
 import bot.jobs  # noqa: E402
 from bot.engine_client import EngineClient  # noqa: E402
-from tests.discord_harness import discord_world  # noqa: E402
+from engine.jobspec import EngineOptions  # noqa: E402
 
 WARMUP = 2
 
@@ -54,7 +56,7 @@ def summarize(values_s: list[float]) -> dict[str, float]:
 
 
 async def measure(jobs: int) -> tuple[list[float], list[float]]:
-    engine = EngineClient("tiny", device="cpu")
+    engine = EngineClient(EngineOptions(weights="tiny", device="cpu"))
     to_start, to_posted = [], []
     try:
         await engine.start()

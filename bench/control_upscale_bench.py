@@ -50,7 +50,7 @@ def synthetic_photo(size: int) -> bytes:
 
 
 def build(smoke: bool):
-    from engine.options import EngineOptions
+    from engine.jobspec import EngineOptions
 
     if smoke:
         from engine.pipeline import PooledPipeline
@@ -80,7 +80,7 @@ def build(smoke: bool):
     loaded = upscale.load_upscaler(
         UPSCALER_COMPONENT, str(weights), "cuda", options.upscale_tile, options.upscale_tile_pad
     )
-    upscale._loaded[(options.models, "cuda", options.upscale_tile, options.upscale_tile_pad)] = loaded
+    upscale._loaded[(options.weights, "cuda", options.upscale_tile, options.upscale_tile_pad)] = loaded
     return pooled, options, controlnet
 
 
@@ -94,8 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         print("control_upscale_bench needs a CUDA GPU (or --smoke)", file=sys.stderr)
         return 2
 
+    from engine.jobspec import JobKind, JobSpec, Limits
     from engine.modes import run_image_job
-    from engine.protocol import Job, Limits
+    from engine.protocol import Job
     from engine.upscale import run_upscale_job
 
     size, small = (64, 32) if args.smoke else (1024, 1024)
@@ -112,12 +113,13 @@ def main(argv: list[str] | None = None) -> int:
     record("build_s", round(time.perf_counter() - start, 1))
     if controlnet is not None:
         record("controlnet_params_B", round(sum(p.numel() for p in controlnet.parameters()) / 1e9, 3))
-    limits = Limits.for_models(options.models)
+    limits = Limits.for_models(options.weights)
     photo = synthetic_photo(size)
     prompt = "a lighthouse on a cliff at dusk, waves, dramatic clouds"
 
-    def image_job(**fields):
-        job = Job(job_id="bench", prompt=prompt, width=size, height=size, steps=8, seed=42, **fields)
+    def image_job(input_image: bytes | None = None, **fields):
+        spec = JobSpec(prompt=prompt, width=size, height=size, steps=8, seed=42, **fields)
+        job = Job("bench", spec, input_image)
         last = {}
 
         def run():
@@ -130,15 +132,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.smoke:
         torch.cuda.reset_peak_memory_stats()
     record(f"txt2img_{size}_8step", image_job())
-    record(f"control_canny_{size}_8step", image_job(kind="control", input_image=photo, control_mode="canny"))
+    record(f"control_canny_{size}_8step", image_job(kind=JobKind.CONTROL, input_image=photo, control_mode="canny"))
     if not args.smoke:
         record("peak_mem_GiB_control", round(torch.cuda.max_memory_allocated() / 2**30, 2))
 
     source = synthetic_photo(small)
     for refine in (False, True):
-        job = Job(
-            job_id="bench", kind="upscale", prompt=prompt, input_image=source, scale=4, refine=refine, denoise=0.3
-        )
+        spec = JobSpec(kind=JobKind.UPSCALE, prompt=prompt, scale=4, refine=refine, denoise=0.3)
+        job = Job("bench", spec, source)
         last = {}
 
         def run(job=job, last=last):

@@ -2,8 +2,8 @@
 
     python bench/engine_bench.py [--out results.json] [--compile] [--steps-base 30]
 
-Random weights cost what the real ones cost, so the numbers compare with the reference
-(`/work/shared/reference/bench_random_zimage.py`, DESIGN.md "Performance references").
+Random weights cost what the real ones cost, so the numbers compare with the reference figures
+in DESIGN.md, "Performance references".
 Whole images go through `engine.modes.run_image_job`, so our own overheads (PNG encode,
 parameter handling, progress callbacks) are included. CUDA-synchronized; warm-up 1, median of 3.
 """
@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from diffsynth.pipelines.z_image import ZImageUnit_PromptEmbedder, model_fn_z_image_turbo
 
-    from engine.modes import Limits, run_image_job
+    from engine.jobspec import JobSpec, Limits
+    from engine.modes import run_image_job
     from engine.protocol import Job
     from engine.random_full import BENCH_PROMPT, build_random_full_pipeline
 
@@ -115,10 +116,11 @@ def main(argv: list[str] | None = None) -> int:
 
     # Whole images through the engine's job path.
     def image(model: str, steps: int, cfg: float):
-        job = Job(
-            job_id="bench", prompt=BENCH_PROMPT, negative_prompt="blurry", model=model,
-            width=1024, height=1024, steps=steps, cfg=cfg, seed=42,
+        spec = JobSpec(
+            prompt=BENCH_PROMPT, negative_prompt="blurry", model=model, width=1024, height=1024, steps=steps,
+            cfg=cfg, seed=42,
         )  # fmt: skip
+        job = Job("bench", spec)
         last = {}
 
         def run():
@@ -130,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         return timing
 
     def run_turbo():
-        run_image_job(pooled, Job(job_id="bench", prompt=BENCH_PROMPT, width=1024, height=1024, seed=42), limits)
+        run_image_job(pooled, Job("bench", JobSpec(prompt=BENCH_PROMPT, width=1024, height=1024, seed=42)), limits)
 
     torch.cuda.reset_peak_memory_stats()
     record("turbo_1024_8step_eager", image("turbo", 8, 1.0))

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 
+import aiohttp
 import discord
 
 from bot.bot import create_bot, engine_client_for
@@ -64,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     except discord.LoginFailure:
         print("Discord rejected DISCORD_TOKEN: copy a fresh token from the developer portal (Bot > Reset Token).")
         return 2
+    except (aiohttp.ClientConnectionError, OSError) as exc:  # DNS, refused, no route: say it in one line
+        print(f"Cannot reach Discord ({type(exc).__name__}: {exc}); check this machine's network.", file=sys.stderr)
+        return 4
     except discord.PrivilegedIntentsRequired:
         print("Discord refused the gateway intents this bot asked for.", file=sys.stderr)
         return 2

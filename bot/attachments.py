@@ -16,13 +16,16 @@ from dataclasses import dataclass, field
 import discord
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from bot.jobs import Refused
+from bot.errors import Refused
+from bot.render import file_size, size_for_ratio
 
 # What Pillow decodes that people attach; "MPO" is the JPEG variant many phone cameras write.
 ACCEPTED_FORMATS = {"PNG", "JPEG", "MPO", "WEBP", "GIF", "BMP", "TIFF"}
 # Stored as they came; anything else (or a converted image) is stored re-encoded as PNG.
 PASS_THROUGH_MODES = {"RGB", "RGBA", "L", "LA", "P"}
 EXIF_ORIENTATION = 0x0112
+# The first bytes of the formats above (WebP: "RIFF....WEBP"): such a file that will not open is damaged.
+IMAGE_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
 
 
 class BadImage(Refused):
@@ -65,7 +68,7 @@ async def read_image_attachment(
         raise BadImage(f"`{name}` is empty (0 bytes): attach the image again.")
     if attachment.size > limits.max_bytes:
         raise BadImage(
-            f"`{name}` is {_mb(attachment.size)}; the limit is {_mb(limits.max_bytes)}. Attach a smaller file."
+            f"`{name}` is {file_size(attachment.size)}; the limit is {file_size(limits.max_bytes)}. Attach a smaller file."
         )
     if interaction is not None and may_be_slow(attachment) and not interaction.response.is_done():
         await interaction.response.defer(ephemeral=True, thinking=True)
@@ -87,7 +90,8 @@ def check_image(data: bytes, name: str, limits: ImageLimits) -> InputImage:
     if not data:
         raise BadImage(f"`{name}` is empty (0 bytes): attach the image again.")
     if len(data) > limits.max_bytes:
-        raise BadImage(f"`{name}` is {_mb(len(data))}; the limit is {_mb(limits.max_bytes)}. Attach a smaller file.")
+        limit = file_size(limits.max_bytes)
+        raise BadImage(f"`{name}` is {file_size(len(data))}; the limit is {limit}. Attach a smaller file.")
     _refuse_known_non_images(data, name)
     try:
         with warnings.catch_warnings():
@@ -98,6 +102,8 @@ def check_image(data: bytes, name: str, limits: ImageLimits) -> InputImage:
             f"`{name}` declares more pixels than {limits.max_pixels / 1e6:g} MP; attach a smaller image."
         ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        if data.startswith(IMAGE_SIGNATURES) or data[8:12] == b"WEBP":  # an image, cut short in its header
+            raise BadImage(f"`{name}` is truncated or damaged: save or export it again and re-attach it.") from None
         raise BadImage(f"`{name}` is not an image I can read: attach a PNG, JPEG, WebP or GIF.") from None
     with image:
         return _check_opened(image, data, name, limits)
@@ -166,11 +172,4 @@ def _as_png(image: Image.Image) -> bytes:
 
 def size_matching(width: int, height: int, target_pixels: int, max_ratio: float = 21 / 9) -> tuple[int, int]:
     """Output size with the image's shape (clamped to the widest aspect offered), multiples of 16."""
-    ratio = min(max(width / height, 1 / max_ratio), max_ratio)
-    out_width = max(16, round((target_pixels * ratio) ** 0.5 / 16) * 16)
-    out_height = max(16, round((target_pixels / ratio) ** 0.5 / 16) * 16)
-    return out_width, out_height
-
-
-def _mb(size: int) -> str:
-    return f"{size / 2**20:.1f} MB"
+    return size_for_ratio(min(max(width / height, 1 / max_ratio), max_ratio), target_pixels)

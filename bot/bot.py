@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import sys
 import time
 
 import discord
@@ -36,10 +35,10 @@ class ZImageBot(commands.Bot):
         self.jobs = JobService(self, store, engine, config, external_wait=external_wait, clock=lambda: self.clock())
         self.guild_settings = GuildSettings(store, config)
         self.policy = Policy(self.guild_settings, clock=lambda: self.clock())
-        self.tree.on_error = self.on_app_command_error
+        self.tree.error(self.on_app_command_error)
 
     async def setup_hook(self) -> None:
-        if self.store.db is None:
+        if not self.store.is_open:
             await self.store.open()
         for extension in INITIAL_EXTENSIONS:
             try:
@@ -101,16 +100,4 @@ def create_bot(
 
 def engine_client_for(config: Config) -> EngineClient:
     """The engine process as config.toml describes it (started later, by setup_hook)."""
-    return EngineClient(
-        config.engine.models,
-        device=config.engine.device,
-        compile=config.engine.compile,
-        low_vram=config.engine.low_vram,
-        controlnet_file=config.engine.controlnet_file,
-        extra_args=config.engine_args(),
-    )
-
-
-def torch_is_loaded() -> bool:
-    """The bot process must never import torch; checks and tests ask this."""
-    return "torch" in sys.modules
+    return EngineClient(config.engine_options())

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from engine.jobspec import EngineOptions
+
 
 class ConfigError(Exception):
     pass
@@ -70,13 +72,6 @@ class UpscaleConfig:
     refine_tile: int = 0  # refine tile side in output pixels; 0 = 1024 (tiny model: 64)
     refine_overlap: int = 128  # pixels neighbouring refine tiles share, blended with linear ramps
 
-    def engine_args(self) -> list[str]:
-        return [
-            "--upscale-max-side", str(self.max_side), "--upscale-tile", str(self.tile),
-            "--upscale-tile-pad", str(self.tile_pad), "--refine-tile", str(self.refine_tile),
-            "--refine-overlap", str(self.refine_overlap),
-        ]  # fmt: skip
-
 
 @dataclass
 class Config:
@@ -96,9 +91,15 @@ class Config:
     def lora_path(self) -> Path:
         return Path(self.engine.lora_dir) if self.engine.lora_dir else self.data_path / "loras"
 
-    def engine_args(self) -> list[str]:
-        """`python -m engine serve` options beyond the ones EngineClient takes itself."""
-        return self.upscale.engine_args() + ["--lora-dir", str(self.lora_path)]
+    def engine_options(self) -> EngineOptions:
+        """The one place config.toml becomes the engine's options (passed whole to `python -m engine serve`)."""
+        engine, upscale = self.engine, self.upscale
+        return EngineOptions(
+            weights=engine.models, device=engine.device, compile=engine.compile, low_vram=engine.low_vram,
+            controlnet_file=engine.controlnet_file, upscale_tile=upscale.tile, upscale_tile_pad=upscale.tile_pad,
+            refine_tile=upscale.refine_tile, refine_overlap=upscale.refine_overlap,
+            upscale_max_side=upscale.max_side, lora_dir=str(self.lora_path),
+        )  # fmt: skip
 
     @property
     def target_pixels(self) -> int:
@@ -126,7 +127,8 @@ def _section(cls, name: str, raw: dict[str, Any]):
     for key, value in raw.items():
         if key not in known:
             raise ConfigError(f"unknown key {name}.{key} (known: {', '.join(sorted(known))})")
-        expected = type(known[key].default)
+        default: Any = known[key].default
+        expected = type(default)
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if type(value) is not expected:
@@ -142,7 +144,7 @@ def _section(cls, name: str, raw: dict[str, Any]):
 
 
 def parse_config(raw: dict[str, Any]) -> Config:
-    sections = {f.name: f.default_factory for f in fields(Config)}
+    sections: dict[str, Any] = {f.name: f.default_factory for f in fields(Config)}
     parsed = {}
     for name, value in raw.items():
         if name not in sections:

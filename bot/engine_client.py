@@ -1,6 +1,6 @@
 """Owns the engine process: start it, send it one job at a time, relay progress, restart it.
 
-The engine is `python -m engine serve` talking `engine.protocol` frames over its stdin and
+The engine is `python -m engine serve --options <EngineOptions JSON>` talking `engine.protocol` frames over its stdin and
 stdout. Its death shows up at once as end-of-stream on stdout: the job in flight fails with
 EngineDead (the dispatcher retries it once) and a restart is scheduled with backoff, while the
 bot keeps answering commands. A `missing_weights` answer at start-up is fatal: restarting
@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable
 
 from engine import protocol
+from engine.jobspec import EngineOptions
 from engine.protocol import Cancel, Failure, FailureKind, Job, Progress, Ready, Result, Shutdown
 
 log = logging.getLogger("bot.engine")
@@ -36,22 +38,16 @@ class EngineUnavailable(Exception):
 class EngineClient:
     def __init__(
         self,
-        models: str = "zimage",
+        options: EngineOptions,
         *,
-        device: str = "auto",
-        compile: bool = False,
-        low_vram: str = "auto",
-        controlnet_file: str = "",
         restart_backoff: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 30.0),
         max_failed_starts: int = 5,
         env: dict[str, str] | None = None,
-        extra_args: list[str] | tuple[str, ...] = (),  # e.g. UpscaleConfig.engine_args()
+        command: list[str] | None = None,  # tests: another command line (default: `python -m engine serve`)
     ):
-        self.command = [
-            sys.executable, "-m", "engine", "serve",
-            "--models", models, "--device", device, "--low-vram", low_vram,
-        ] + (["--compile"] if compile else []) + (["--controlnet-file", controlnet_file] if controlnet_file else [])  # fmt: skip
-        self.command += list(extra_args)
+        self.options = options
+        options_json = json.dumps(options.to_dict(), separators=(",", ":"))
+        self.command = command or [sys.executable, "-m", "engine", "serve", "--options", options_json]
         self.env = {**os.environ, **(env or {})}
         self.restart_backoff = restart_backoff
         self.process: asyncio.subprocess.Process | None = None
@@ -118,8 +114,7 @@ class EngineClient:
         process = self.process
         if process and process.returncode is None:
             with contextlib.suppress(Exception):
-                process.stdin.write(protocol.encode(Shutdown()))
-                await process.stdin.drain()
+                await _send(process, Shutdown())
             try:
                 await asyncio.wait_for(process.wait(), 10)
             except TimeoutError:
@@ -148,8 +143,7 @@ class EngineClient:
             self._current = (job.job_id, future, on_progress)
             self._engine_idle.clear()
             try:
-                self.process.stdin.write(protocol.encode(job))
-                await self.process.stdin.drain()
+                await _send(self.process, job)
             except (ConnectionResetError, BrokenPipeError) as exc:
                 self._current = None
                 self._engine_idle.set()
@@ -161,7 +155,7 @@ class EngineClient:
             except asyncio.CancelledError:
                 # The caller gave up (shutdown): free the engine for the next job.
                 with contextlib.suppress(ConnectionError, RuntimeError):
-                    self.process.stdin.write(protocol.encode(Cancel(job.job_id)))
+                    _stdin(self.process).write(protocol.encode(Cancel(job.job_id)))
                 raise
             finally:
                 self._current = None
@@ -174,12 +168,7 @@ class EngineClient:
         self._cancelled.add(job_id)
         if self._current and self._current[0] == job_id and self.process and self.process.returncode is None:
             with contextlib.suppress(ConnectionError):
-                self.process.stdin.write(protocol.encode(Cancel(job_id)))
-                await self.process.stdin.drain()
-
-    @property
-    def running_job_id(self) -> str | None:
-        return self._current[0] if self._current else None
+                await _send(self.process, Cancel(job_id))
 
     # -- the two pipes ------------------------------------------------------------------------
 
@@ -198,12 +187,15 @@ class EngineClient:
             self.ready_info = message
             self.failed_starts = 0
             self._ready.set()
-            log.info("engine ready on %s with %s models", message.device, message.models)
+            log.info("engine ready on %s with %s models", message.device, message.weights)
             return
         if isinstance(message, Failure) and not message.job_id:
             if message.kind == FailureKind.MISSING_WEIGHTS:
                 self.fatal = message.message
             log.error("engine cannot start: %s", message.message)
+            return
+        if not isinstance(message, Progress | Result | Failure):
+            log.warning("unexpected %s message from the engine", type(message).__name__)
             return
         if isinstance(message, Result | Failure):
             self._engine_idle.set()
@@ -263,9 +255,22 @@ class EngineClient:
     async def _relay_log(self, process: asyncio.subprocess.Process) -> None:
         """Engine stderr into our log: its own log lines at INFO, library chatter at DEBUG."""
         pending = b""
+        assert process.stderr is not None  # spawned with stderr=PIPE
         while chunk := await process.stderr.read(65536):
             *lines, pending = (pending + chunk).replace(b"\r", b"\n").split(b"\n")
             for line in lines:
                 text = line.decode(errors="replace").rstrip()
                 if text:
                     engine_log.log(logging.INFO if " engine." in text else logging.DEBUG, "%s", text)
+
+
+def _stdin(process: asyncio.subprocess.Process | None) -> asyncio.StreamWriter:
+    if process is None or process.stdin is None:
+        raise BrokenPipeError("the engine process is not running")
+    return process.stdin
+
+
+async def _send(process: asyncio.subprocess.Process | None, message: protocol.Message) -> None:
+    stdin = _stdin(process)
+    stdin.write(protocol.encode(message))
+    await stdin.drain()

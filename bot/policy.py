@@ -7,17 +7,26 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import discord
 
-from bot.jobs import Refused
+from bot.errors import Refused
 from bot.prompt_filter import check_prompt
 from bot.queue import format_eta
 from bot.settings import GuildSettings
+from engine.jobspec import MODEL_DEFAULTS, JobKind, JobSpec, ModelName
 
-DEFAULT_STEPS = {"turbo": 8, "base": 30}
+
+@dataclass(frozen=True)
+class Admission:
+    """A request this guild allows: its spec with the guild's defaults, and how to post it."""
+
+    spec: JobSpec
+    spoiler: bool
+    user_cap: int  # queued jobs a member may have
 
 
 def start_of_utc_day(now: float) -> float:
@@ -30,33 +39,37 @@ class Policy:
         self.settings = settings
         self.clock = clock  # injectable: tests move it across the UTC midnight
 
-    async def check(self, interaction: discord.Interaction, command: str, params: dict[str, Any]) -> dict[str, Any]:
-        """Raise Refused, or return params with this guild's defaults filled in (model, steps)."""
+    async def check(self, interaction: discord.Interaction, command: str, spec: JobSpec) -> Admission:
+        """Raise Refused, or admit the spec with this guild's defaults filled in (model, steps)."""
         guild_id = interaction.guild_id
         rules = await self.settings.all(guild_id)
         if guild_id is not None:
             self._check_place(interaction, command, rules)
-        params = dict(params)
-        if params.get("model") is None:
-            params["model"] = rules["default_model"]
-        max_steps = rules[f"max_steps_{params['model']}"] if params.get("model") in DEFAULT_STEPS else None
-        if max_steps is not None:
-            if params.get("steps") is None:
-                params["steps"] = min(DEFAULT_STEPS[params["model"]], max_steps)
-            elif params["steps"] > max_steps:
-                raise Refused(f"This server allows at most {max_steps} steps for {params['model']}.")
-        if "width" in params and params["width"] * params["height"] > rules["max_megapixels"] * 1e6 + 1:
-            size = f"{params['width']}×{params['height']}"
-            raise Refused(f"This server allows images up to {rules['max_megapixels']:g} MP; {size} is larger.")
-        if params.get("count", 1) > rules["max_images"]:
-            raise Refused(f"This server allows at most {rules['max_images']} image(s) per command.")
-        self._check_blocklist(params, rules)
-        params["spoiler"] = rules["spoiler"]
-        await self._check_pace(interaction.user.id, guild_id, params.get("count", 1), rules)
-        return params
+        if spec.kind != JobKind.UPSCALE:  # an upscale's size and steps are the engine's to check
+            spec = self._check_image_spec(spec, rules)
+        self._check_blocklist(spec, rules)
+        await self._check_pace(interaction.user.id, guild_id, spec.count, rules)
+        return Admission(spec, bool(rules["spoiler"]), int(rules["max_queued"]))
 
-    async def user_cap(self, guild_id: int | None) -> int:
-        return await self.settings.get(guild_id, "max_queued")
+    @staticmethod
+    def _check_image_spec(spec: JobSpec, rules: dict[str, Any]) -> JobSpec:
+        model = spec.model if spec.model is not None else rules["default_model"]
+        try:
+            model = ModelName(model)
+        except ValueError:
+            raise Refused(f"Unknown model {model!r}: choose turbo or base.") from None
+        max_steps = rules[f"max_steps_{model}"]
+        steps = spec.steps
+        if steps is None:
+            steps = min(MODEL_DEFAULTS[model].steps, max_steps)
+        elif steps > max_steps:
+            raise Refused(f"This server allows at most {max_steps} steps for {model}.")
+        if spec.width * spec.height > rules["max_megapixels"] * 1e6 + 1:
+            size = f"{spec.width}×{spec.height}"
+            raise Refused(f"This server allows images up to {rules['max_megapixels']:g} MP; {size} is larger.")
+        if spec.count > rules["max_images"]:
+            raise Refused(f"This server allows at most {rules['max_images']} image(s) per command.")
+        return replace(spec, model=model, steps=steps)
 
     def _check_place(self, interaction: discord.Interaction, command: str, rules: dict[str, Any]) -> None:
         if rules["channels"] and interaction.channel_id not in rules["channels"]:
@@ -88,12 +101,12 @@ class Policy:
                 "Ask a server admin to grant them, or use another channel."
             )
 
-    def _check_blocklist(self, params: dict[str, Any], rules: dict[str, Any]) -> None:
+    def _check_blocklist(self, spec: JobSpec, rules: dict[str, Any]) -> None:
         """The built-in rule (every guild and DMs alike), then this guild's words and patterns.
         Linear-time matching under a hard budget: it holds the event loop ~1 ms, never seconds."""
         refusal = check_prompt(
-            params.get("prompt") or "",
-            params.get("negative_prompt") or "",
+            spec.prompt or "",
+            spec.negative_prompt or "",
             blocked_words=rules["blocked_words"],
             blocked_patterns=rules["blocked_patterns"],
         )

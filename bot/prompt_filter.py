@@ -125,8 +125,11 @@ def _compile_builtin() -> tuple[re2._Regexp, re2._Regexp, re2._Regexp]:
     # neither half alone matches inside a longer word, so "kidney" and "Essex" stay fine.
     compounds = [f"(?:{sexual})(?:{minors})", f"(?:{minors})(?:{sexual})", *minor_terms.ALWAYS]
     options = _options(case_sensitive=True, max_mem=8 << 20)  # the text is casefolded, the fragments folded
-    lists = ((minor_terms.MINORS, minor_terms.MINORS_CJK), (minor_terms.SEXUAL, minor_terms.SEXUAL_CJK))
-    lists += ((compounds, minor_terms.ALWAYS_CJK),)
+    lists: list[tuple[Sequence[str], Sequence[str]]] = [
+        (minor_terms.MINORS, minor_terms.MINORS_CJK),
+        (minor_terms.SEXUAL, minor_terms.SEXUAL_CJK),
+        (compounds, minor_terms.ALWAYS_CJK),
+    ]
     return tuple(
         _compile_anywhere(_terms_regex(spaced) + "|" + _terms_regex(cjk, False), options) for spaced, cjk in lists
     )

@@ -11,21 +11,32 @@ from dataclasses import dataclass
 import discord
 from PIL import Image, PngImagePlugin
 
+from bot.store import JobExtras, JobRecord
+from engine.jobspec import MODEL_LABELS, JobKind, JobSpec, ModelName
+
 ASPECTS = ("1:1", "4:3", "3:4", "3:2", "2:3", "16:9", "9:16", "21:9")
-MODEL_LABELS = {"turbo": "Z-Image-Turbo", "base": "Z-Image Base"}
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
 
 
-def size_for_aspect(aspect: str, target_pixels: int) -> tuple[int, int]:
-    """Width and height near `target_pixels` for an aspect like "16:9", multiples of 16."""
-    w, h = (int(part) for part in aspect.split(":"))
-    ratio = w / h
+def size_for_ratio(ratio: float, target_pixels: int) -> tuple[int, int]:
+    """Width and height near `target_pixels` with width/height near `ratio`, multiples of 16."""
     width = max(16, round(math.sqrt(target_pixels * ratio) / 16) * 16)
     height = max(16, round(math.sqrt(target_pixels / ratio) / 16) * 16)
     return width, height
 
 
-def grid_png(pngs: list[bytes], parameters: dict) -> bytes:
+def size_for_aspect(aspect: str, target_pixels: int) -> tuple[int, int]:
+    """Width and height near `target_pixels` for an aspect like "16:9"."""
+    w, h = (int(part) for part in aspect.split(":"))
+    return size_for_ratio(w / h, target_pixels)
+
+
+def file_size(size: int) -> str:
+    """Bytes for people, in decimal units (as Discord states its upload limits): "412 kB", "9.8 MB"."""
+    return f"{size / 1e6:.1f} MB" if size >= 1_000_000 else f"{max(1, round(size / 1000))} kB"
+
+
+def grid_png(pngs: list[bytes], spec: JobSpec) -> bytes:
     """2x2 grid (1x2 for two images) with the job's parameters in its PNG text chunks."""
     images = [Image.open(io.BytesIO(data)).convert("RGB") for data in pngs]
     width, height = images[0].size
@@ -35,8 +46,8 @@ def grid_png(pngs: list[bytes], parameters: dict) -> bytes:
     for index, image in enumerate(images):
         grid.paste(image, ((index % columns) * width, (index // columns) * height))
     info = PngImagePlugin.PngInfo()
-    info.add_text("parameters", f"{parameters.get('prompt', '')}\nSeeds: {', '.join(map(str, parameters['seeds']))}")
-    info.add_itxt("zimage", json.dumps(parameters, sort_keys=True))
+    info.add_text("parameters", f"{spec.prompt}\nSeeds: {', '.join(map(str, spec.seeds))}")
+    info.add_itxt("zimage", json.dumps(spec.record(), sort_keys=True))
     buffer = io.BytesIO()
     grid.save(buffer, format="PNG", pnginfo=info, compress_level=4)
     return buffer.getvalue()
@@ -46,18 +57,20 @@ def grid_png(pngs: list[bytes], parameters: dict) -> bytes:
 class FittedImage:
     data: bytes
     filename: str
+    format: str  # "PNG", "WebP", "JPEG"
+    quality: int | None  # WebP/JPEG quality
     note: str | None  # said in the embed when the PNG had to be converted
 
 
 def fit_upload(png: bytes, limit: int, stem: str) -> FittedImage:
     """PNG if it fits; else WebP (q90); else JPEG at the highest quality that fits; else a smaller JPEG."""
     if len(png) <= limit:
-        return FittedImage(png, f"{stem}.png", None)
+        return FittedImage(png, f"{stem}.png", "PNG", None, None)
     image = Image.open(io.BytesIO(png)).convert("RGB")
-    megabytes = len(png) / 2**20
+    was = file_size(len(png))
     webp = _encoded(image, "WEBP", quality=90, method=4)
     if len(webp) <= limit:
-        return FittedImage(webp, f"{stem}.webp", f"PNG was {megabytes:.1f} MB: sent as WebP (q90)")
+        return FittedImage(webp, f"{stem}.webp", "WebP", 90, f"PNG was {was}: sent as WebP (q90)")
     # JPEG size grows with quality: binary search for the highest quality under the limit.
     best, low, high = None, 30, 95
     while low <= high:
@@ -69,14 +82,14 @@ def fit_upload(png: bytes, limit: int, stem: str) -> FittedImage:
             high = quality - 1
     if best is not None:
         quality, data = best
-        return FittedImage(data, f"{stem}.jpg", f"PNG was {megabytes:.1f} MB: sent as JPEG (q{quality})")
+        return FittedImage(data, f"{stem}.jpg", "JPEG", quality, f"PNG was {was}: sent as JPEG (q{quality})")
     # Still too big (a tiny limit): shrink until it fits.
     while True:
         image = image.resize((max(1, image.width // 2), max(1, image.height // 2)), Image.Resampling.LANCZOS)
         data = _encoded(image, "JPEG", quality=80)
         if len(data) <= limit or image.width == 1:
-            note = f"PNG was {megabytes:.1f} MB: sent as a {image.width}x{image.height} JPEG"
-            return FittedImage(data, f"{stem}.jpg", note)
+            note = f"PNG was {was}: sent as a {image.width}x{image.height} JPEG"
+            return FittedImage(data, f"{stem}.jpg", "JPEG", 80, note)
 
 
 def _encoded(image: Image.Image, image_format: str, **options) -> bytes:
@@ -86,10 +99,9 @@ def _encoded(image: Image.Image, image_format: str, **options) -> bytes:
 
 
 def file_description(fitted: FittedImage) -> str:
-    """Format and size of what was uploaded, e.g. "PNG, 3.2 MB" or "JPEG q87, 9.8 MB"."""
-    kind = fitted.filename.rsplit(".", 1)[-1].upper().replace("JPG", "JPEG").replace("WEBP", "WebP")
-    quality = fitted.note.rsplit("(", 1)[-1].rstrip(")") if fitted.note and "(q" in fitted.note else ""
-    return f"{kind}{' ' + quality if quality else ''}, {len(fitted.data) / 2**20:.1f} MB"
+    """Format and size of what was uploaded, e.g. "PNG, 3.2 MB" or "JPEG q87, 412 kB"."""
+    quality = f" q{fitted.quality}" if fitted.quality else ""
+    return f"{fitted.format}{quality}, {file_size(len(fitted.data))}"
 
 
 def upload_limit(guild: discord.Guild | None, configured: int) -> int:
@@ -97,26 +109,39 @@ def upload_limit(guild: discord.Guild | None, configured: int) -> int:
     return min(limit, configured) if configured else limit
 
 
-def reproduce_command(params: dict, seed: int | None = None) -> str:
-    """The exact /imagine (or /control, with the same attachment) that makes this image again."""
-    if params.get("control_mode"):
-        return (
-            f"/control prompt:{params['prompt']} mode:{params['control_mode']} "
-            f"strength:{params['control_strength']:g} seed:{params['seed'] if seed is None else seed} "
-            f"steps:{params['steps']}"
-        )
-    parts = [f"/imagine prompt:{params['prompt']}"]
-    if params.get("negative_prompt"):
-        parts.append(f"negative:{params['negative_prompt']}")
+def reproduce_command(spec: JobSpec, extras: JobExtras, seed: int | None = None) -> str:
+    """The exact command that makes this image again (/control and /upscale: with the same attachment);
+    for an edit of an earlier result, the source job and the operation."""
+    seed = spec.seed if seed is None else seed
+    if extras.source_job is not None and extras.operation in ("vary", "upscale"):
+        image = f"image {(extras.source_index or 0) + 1} of job `{extras.source_job}`"
+        if extras.operation == "vary":
+            return f"Vary (strength {spec.denoise:g}) of {image}, seed {seed}"
+        return f"Upscale x{spec.scale} of {image}"
+    if spec.kind == JobKind.UPSCALE:
+        refine = f" refine:True denoise:{spec.denoise:g}" if spec.refine else ""
+        return f"/upscale image:<the same image> scale:x{spec.scale}{refine}"
+    if spec.kind == JobKind.CONTROL:
+        parts = [
+            f"/control prompt:{spec.prompt} mode:{spec.control_mode} strength:{spec.control_strength:g}",
+            f"seed:{seed} steps:{spec.steps}",
+            f"aspect:{extras.aspect}" if extras.aspect else "",
+        ]
+        if spec.control_mode == "canny":
+            parts.append(f"canny_low:{spec.canny_low} canny_high:{spec.canny_high}")
+        return " ".join(part for part in parts if part)
+    parts = [f"/imagine prompt:{spec.prompt}"]
+    if spec.negative_prompt:
+        parts.append(f"negative:{spec.negative_prompt}")
     parts += [
-        f"model:{params['model']}",
-        f"aspect:{params['aspect']}" if params.get("aspect") else "",
-        f"seed:{params['seed'] if seed is None else seed}",
-        f"steps:{params['steps']}",
-        f"cfg:{params['cfg']}",
+        f"model:{spec.model}",
+        f"aspect:{extras.aspect}" if extras.aspect else "",
+        f"seed:{seed}",
+        f"steps:{spec.steps}",
+        f"cfg:{spec.cfg}",
     ]
-    if params.get("lora"):
-        parts += [f"lora:{params['lora']}", f"lora_strength:{params['lora_strength']:g}"]
+    if spec.lora:
+        parts += [f"lora:{spec.lora}", f"lora_strength:{spec.lora_strength:g}"]
     return " ".join(part for part in parts if part)
 
 
@@ -124,23 +149,23 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def result_embed(params: dict, seconds: float, note: str | None, image_name: str | None) -> discord.Embed:
+def result_embed(spec: JobSpec, seconds: float, note: str | None, image_name: str | None) -> discord.Embed:
     """The result card; image_name None leaves the picture out of the embed (spoilered results)."""
-    embed = discord.Embed(description=_clip(params["prompt"], 1000), colour=discord.Colour.blurple())
-    seeds = params.get("seeds") or [params["seed"]]
+    embed = discord.Embed(description=_clip(spec.prompt, 1000), colour=discord.Colour.blurple())
+    seeds = spec.seeds
     embed.add_field(name="Seed" if len(seeds) == 1 else "Seeds", value=", ".join(map(str, seeds)))
-    embed.add_field(name="Model", value=MODEL_LABELS.get(params["model"], params["model"]))
-    embed.add_field(name="Steps · CFG", value=f"{params['steps']} · {params['cfg']:g}")
-    embed.add_field(name="Size", value=f"{params['width']}×{params['height']}")
+    embed.add_field(name="Model", value=model_label(spec.model))
+    embed.add_field(name="Steps · CFG", value=f"{spec.steps} · {spec.cfg:g}")
+    embed.add_field(name="Size", value=f"{spec.width}×{spec.height}")
     embed.add_field(name="Time", value=f"{seconds:.1f} s")
-    if params.get("denoise", 1.0) < 1.0:
-        embed.add_field(name="Vary strength", value=f"{params['denoise']:g}")
-    if params.get("control_mode"):
-        embed.add_field(name="Control", value=f"{params['control_mode']} · {params['control_strength']:g}")
-    if params.get("lora"):
-        embed.add_field(name="LoRA", value=f"{params['lora']} · {params['lora_strength']:g}")
-    if params.get("negative_prompt"):
-        embed.add_field(name="Negative", value=_clip(params["negative_prompt"], 1000), inline=False)
+    if spec.kind == JobKind.IMG2IMG and spec.denoise < 1.0:
+        embed.add_field(name="Vary strength", value=f"{spec.denoise:g}")
+    if spec.kind == JobKind.CONTROL:
+        embed.add_field(name="Control", value=f"{spec.control_mode} · {spec.control_strength:g}")
+    if spec.lora:
+        embed.add_field(name="LoRA", value=f"{spec.lora} · {spec.lora_strength:g}")
+    if spec.negative_prompt:
+        embed.add_field(name="Negative", value=_clip(spec.negative_prompt, 1000), inline=False)
     if image_name:
         embed.set_image(url=f"attachment://{image_name}")
     if note:
@@ -148,11 +173,11 @@ def result_embed(params: dict, seconds: float, note: str | None, image_name: str
     return embed
 
 
-def upscale_embed(params: dict, seconds: float, fitted: FittedImage, image_name: str | None) -> discord.Embed:
+def upscale_embed(spec: JobSpec, seconds: float, fitted: FittedImage, image_name: str | None) -> discord.Embed:
     """An upscale's card: sizes, method, and the format and size of the file actually sent."""
-    refined = f" + Turbo refine {params['denoise']:g}" if params.get("refine") else ""
-    embed = discord.Embed(title=f"Upscaled x{params['scale']}", colour=discord.Colour.blurple())
-    size_in, size_out = f"{params['input_width']}×{params['input_height']}", f"{params['width']}×{params['height']}"
+    refined = f" + Turbo refine {spec.denoise:g}" if spec.refine else ""
+    embed = discord.Embed(title=f"Upscaled x{spec.scale}", colour=discord.Colour.blurple())
+    size_in, size_out = f"{spec.input_width}×{spec.input_height}", f"{spec.width}×{spec.height}"
     embed.add_field(name="Size", value=f"{size_in} → {size_out}")
     embed.add_field(name="Method", value=f"Real-ESRGAN x4plus{refined}")
     embed.add_field(name="File", value=file_description(fitted))
@@ -164,15 +189,21 @@ def upscale_embed(params: dict, seconds: float, fitted: FittedImage, image_name:
     return embed
 
 
-def info_embed(params: dict, job_id: str) -> discord.Embed:
-    embed = discord.Embed(title=f"Job {job_id}", colour=discord.Colour.dark_grey())
-    embed.add_field(name="Prompt", value=_clip(params["prompt"], 1000), inline=False)
-    if params.get("negative_prompt"):
-        embed.add_field(name="Negative prompt", value=_clip(params["negative_prompt"], 1000), inline=False)
-    for name, key in (("Model", "model"), ("Steps", "steps"), ("CFG", "cfg"), ("Width", "width"), ("Height", "height")):
-        embed.add_field(name=name, value=str(params[key]))
-    embed.add_field(name="Seeds", value=", ".join(map(str, params.get("seeds") or [params["seed"]])))
-    seeds = params.get("seeds") or [params["seed"]]
-    commands = "\n".join(reproduce_command(params, seed) for seed in seeds)
+def info_embed(job: JobRecord) -> discord.Embed:
+    spec = job.spec
+    embed = discord.Embed(title=f"Job {job.id}", colour=discord.Colour.dark_grey())
+    embed.add_field(name="Prompt", value=_clip(spec.prompt, 1000) or "—", inline=False)
+    if spec.negative_prompt:
+        embed.add_field(name="Negative prompt", value=_clip(spec.negative_prompt, 1000), inline=False)
+    for name, value in (("Model", spec.model), ("Steps", spec.steps), ("CFG", spec.cfg)):
+        embed.add_field(name=name, value=str(value))
+    embed.add_field(name="Width", value=str(spec.width))
+    embed.add_field(name="Height", value=str(spec.height))
+    embed.add_field(name="Seeds", value=", ".join(map(str, spec.seeds)))
+    commands = "\n".join(reproduce_command(spec, job.extras, seed) for seed in spec.seeds)
     embed.add_field(name="Reproduce", value=_clip(f"```\n{commands}\n```", 1024), inline=False)
     return embed
+
+
+def model_label(model: str | None) -> str:
+    return MODEL_LABELS.get(ModelName(model), str(model)) if model in MODEL_LABELS else str(model)

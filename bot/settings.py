@@ -17,6 +17,7 @@ from bot import prompt_filter
 if TYPE_CHECKING:
     from bot.config import Config
     from bot.store import JobStore
+    from engine.jobspec import Limits
 
 COMMANDS = ("imagine", "control", "upscale")
 
@@ -35,10 +36,8 @@ class Setting:
     ceiling: Callable[[Config], float] | None = None  # the operator's limit, from config.toml
 
 
-def _engine_limits(config: Config):
-    from engine.protocol import Limits
-
-    return Limits.for_models(config.engine.models)
+def _engine_limits(config: Config) -> Limits:
+    return config.engine_options().limits()
 
 
 SETTINGS: dict[str, Setting] = {
@@ -49,8 +48,8 @@ SETTINGS: dict[str, Setting] = {
         Setting("commands", "commands", list(COMMANDS), "Commands enabled on this server"),
         Setting("roles", "roles", [], "Roles allowed to generate (empty: everyone)"),
         Setting("default_model", "model", None, "Model when /imagine names none"),
-        Setting("max_steps_turbo", "int", None, "Most steps for Turbo", 1, lambda c: _engine_limits(c).max_steps["turbo"]),
-        Setting("max_steps_base", "int", None, "Most steps for Base", 1, lambda c: _engine_limits(c).max_steps["base"]),
+        Setting("max_steps_turbo", "int", None, "Most steps for Turbo", 1, lambda c: _engine_limits(c).max_steps_turbo),
+        Setting("max_steps_base", "int", None, "Most steps for Base", 1, lambda c: _engine_limits(c).max_steps_base),
         Setting("max_megapixels", "float", None, "Largest image, in megapixels", 0.01, lambda c: _engine_limits(c).max_pixels / 1e6),
         Setting("max_images", "int", None, "Most images per command", 1, lambda c: _engine_limits(c).max_count),
         Setting("max_queued", "int", None, "Queued jobs per member", 1, lambda c: c.queue.per_user),

@@ -1,24 +1,59 @@
 """JobStore: the bot's SQLite database (aiosqlite, WAL) and the files beside it.
 
-Schema changes are numbered files in bot/migrations/, applied in order and recorded in
-`PRAGMA user_version`. Input attachments and result images live on disk under the data
-directory, keyed by job id; the database holds their paths.
+Schema changes are numbered migrations, applied in order and recorded in `PRAGMA user_version`:
+SQL files in bot/migrations/, and the Python ones in bot/migrations.py (rewriting stored JSON).
+Input attachments and result images live on disk under the data directory, keyed by job id;
+the database holds their paths.
+
+A job's `params` column holds `{"v": SPEC_VERSION, "spec": JobSpec, "extras": JobExtras}`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
-JOB_STATES = ("queued", "running", "done", "failed", "cancelled")
-FINAL_STATES = ("done", "failed", "cancelled")
+from bot.migrations import PYTHON_MIGRATIONS
+from engine.jobspec import SPEC_VERSION, JobKind, JobSpec
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINAL_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED})
+
+
+@dataclass(frozen=True)
+class JobExtras:
+    """What the bot keeps about a job beside its spec: nothing here reaches the engine."""
+
+    aspect: str | None = None  # the aspect the user chose ("match image" for /control's default)
+    spoiler: bool = False  # the guild posts results as spoilers
+    source_job: str | None = None  # an edit of an earlier result (vary, upscale): its job and image
+    source_index: int | None = None
+    operation: str | None = None  # "reroll", "vary", "upscale": how it was made from the source
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> JobExtras:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in values.items() if key in known})
 
 
 @dataclass
@@ -27,9 +62,9 @@ class JobRecord:
     guild_id: int | None
     channel_id: int
     user_id: int
-    kind: str
-    params: dict[str, Any]
-    state: str = "queued"
+    spec: JobSpec
+    extras: JobExtras = field(default_factory=JobExtras)
+    state: JobState = JobState.QUEUED
     attempts: int = 0
     created_at: float = field(default_factory=time.time)
     started_at: float | None = None
@@ -39,6 +74,10 @@ class JobRecord:
     input_path: str | None = None
     error: str | None = None
 
+    @property
+    def kind(self) -> JobKind:
+        return self.spec.kind
+
 
 @dataclass
 class ResultImage:
@@ -46,15 +85,26 @@ class ResultImage:
     idx: int
     seed: int
     path: str
-    parameters: dict[str, Any]
+    spec: JobSpec  # this image's own spec (its seed, count 1)
 
 
 def new_job_id() -> str:
     return secrets.token_hex(5)
 
 
-def _migrations() -> list[tuple[int, str]]:
-    folder = resources.files("bot") / "migrations"
+def encode_params(spec: JobSpec, extras: JobExtras) -> str:
+    return json.dumps({"v": SPEC_VERSION, "spec": spec.to_dict(), "extras": extras.to_dict()})
+
+
+def decode_params(text: str) -> tuple[JobSpec, JobExtras]:
+    stored = json.loads(text)
+    if stored.get("v") != SPEC_VERSION:
+        raise ValueError(f"a job spec of version {stored.get('v')!r}; this release reads {SPEC_VERSION}")
+    return JobSpec.from_dict(stored["spec"]), JobExtras.from_dict(stored.get("extras", {}))
+
+
+def _sql_migrations() -> list[tuple[int, str]]:
+    folder = resources.files("bot") / "migrations_sql"
     found = []
     for entry in folder.iterdir():
         if entry.name.endswith(".sql"):
@@ -63,25 +113,36 @@ def _migrations() -> list[tuple[int, str]]:
 
 
 class JobStore:
-    def __init__(self, data_dir: str | Path):
+    def __init__(self, data_dir: str | Path, clock=time.time):
         self.data_dir = Path(data_dir)
-        self.db: aiosqlite.Connection | None = None
+        self.clock = clock  # settings history timestamps
+        self._db: aiosqlite.Connection | None = None
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise RuntimeError("the job store is not open")
+        return self._db
+
+    @property
+    def is_open(self) -> bool:
+        return self._db is not None
 
     async def open(self) -> JobStore:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "inputs").mkdir(exist_ok=True)
         (self.data_dir / "results").mkdir(exist_ok=True)
-        self.db = await aiosqlite.connect(self.data_dir / "bot.sqlite3")
-        self.db.row_factory = aiosqlite.Row
-        await self.db.execute("PRAGMA journal_mode=WAL")
-        await self.db.execute("PRAGMA foreign_keys=ON")
+        self._db = await aiosqlite.connect(self.data_dir / "bot.sqlite3")
+        self._db.row_factory = aiosqlite.Row
+        await self._db.execute("PRAGMA journal_mode=WAL")
+        await self._db.execute("PRAGMA foreign_keys=ON")
         await self._migrate()
         return self
 
     async def close(self) -> None:
-        if self.db is not None:
-            await self.db.close()
-            self.db = None
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
 
     async def __aenter__(self) -> JobStore:
         return await self.open()
@@ -91,10 +152,18 @@ class JobStore:
 
     async def _migrate(self) -> None:
         async with self.db.execute("PRAGMA user_version") as cursor:
-            (version,) = await cursor.fetchone()
-        for number, sql in _migrations():
-            if number > version:
-                await self.db.executescript(f"BEGIN;\n{sql}\nPRAGMA user_version = {number};\nCOMMIT;")
+            row = await cursor.fetchone()
+        version = row[0] if row else 0
+        steps: list[tuple[int, Any]] = [*_sql_migrations(), *PYTHON_MIGRATIONS.items()]
+        for number, step in sorted(steps, key=lambda item: item[0]):
+            if number <= version:
+                continue
+            if isinstance(step, str):
+                await self.db.executescript(f"BEGIN;\n{step}\nPRAGMA user_version = {number};\nCOMMIT;")
+            else:  # a Python migration rewrites rows in one transaction
+                await step(self.db)
+                await self.db.execute(f"PRAGMA user_version = {number}")
+                await self.db.commit()
 
     # -- jobs ---------------------------------------------------------------------------------
 
@@ -102,14 +171,9 @@ class JobStore:
         await self.db.execute(
             "INSERT INTO jobs (id, guild_id, channel_id, user_id, kind, params, state, attempts, created_at,"
             " status_message_id, input_path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (job.id, job.guild_id, job.channel_id, job.user_id, job.kind, json.dumps(job.params), job.state,
-             job.attempts, job.created_at, job.status_message_id, job.input_path),
+            (job.id, job.guild_id, job.channel_id, job.user_id, str(job.kind), encode_params(job.spec, job.extras),
+             str(job.state), job.attempts, job.created_at, job.status_message_id, job.input_path),
         )  # fmt: skip
-        await self.db.commit()
-
-    async def delete_job(self, job_id: str) -> None:
-        """Only for a job refused before it was ever queued."""
-        await self.db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
         await self.db.commit()
 
     async def get_job(self, job_id: str) -> JobRecord | None:
@@ -118,38 +182,38 @@ class JobStore:
         return _job_from_row(row) if row else None
 
     async def update_job(self, job_id: str, **changes: Any) -> None:
-        if "state" in changes and changes["state"] not in JOB_STATES:
-            raise ValueError(f"unknown job state {changes['state']!r}")
-        if "params" in changes:
-            changes["params"] = json.dumps(changes["params"])
+        if "state" in changes:
+            changes["state"] = str(JobState(changes["state"]))  # an unknown state raises ValueError
         columns = ", ".join(f"{name} = ?" for name in changes)
         await self.db.execute(f"UPDATE jobs SET {columns} WHERE id = ?", (*changes.values(), job_id))
         await self.db.commit()
 
-    async def jobs_in_state(self, *states: str) -> list[JobRecord]:
+    async def jobs_in_state(self, *states: JobState) -> list[JobRecord]:
         marks = ", ".join("?" for _ in states)
         query = f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY created_at, rowid"
-        async with self.db.execute(query, states) as cursor:
+        async with self.db.execute(query, [str(state) for state in states]) as cursor:
             return [_job_from_row(row) for row in await cursor.fetchall()]
 
     async def requeue_interrupted(self) -> list[JobRecord]:
         """After a restart: jobs left running go back to queued. Returns every queued job, oldest first."""
         await self.db.execute("UPDATE jobs SET state = 'queued', started_at = NULL WHERE state = 'running'")
         await self.db.commit()
-        return await self.jobs_in_state("queued")
+        return await self.jobs_in_state(JobState.QUEUED)
 
     async def count_user_images_since(self, user_id: int, guild_id: int | None, since: float) -> int:
         query = (
-            "SELECT params FROM jobs WHERE user_id = ? AND guild_id IS ? AND created_at >= ? AND state != 'cancelled'"
+            "SELECT COALESCE(SUM(json_extract(params, '$.spec.count')), 0) FROM jobs"
+            " WHERE user_id = ? AND guild_id IS ? AND created_at >= ? AND state != 'cancelled'"
         )
         async with self.db.execute(query, (user_id, guild_id, since)) as cursor:
-            return sum(json.loads(row[0]).get("count", 1) for row in await cursor.fetchall())
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
 
     async def last_job_time(self, user_id: int, guild_id: int | None) -> float | None:
         query = "SELECT MAX(created_at) FROM jobs WHERE user_id = ? AND guild_id IS ? AND state != 'cancelled'"
         async with self.db.execute(query, (user_id, guild_id)) as cursor:
-            (latest,) = await cursor.fetchone()
-        return latest
+            row = await cursor.fetchone()
+        return row[0] if row else None
 
     # -- guild settings -----------------------------------------------------------------------
 
@@ -179,7 +243,7 @@ class JobStore:
         await self.db.execute(
             "INSERT INTO settings_history (guild_id, user_id, key, old_value, new_value, changed_at)"
             " VALUES (?, ?, ?, ?, ?, ?)",
-            (guild_id, user_id, key, json.dumps(old), json.dumps(new), time.time()),
+            (guild_id, user_id, key, json.dumps(old), json.dumps(new), self.clock()),
         )
 
     async def settings_history(self, guild_id: int, limit: int = 10) -> list[dict[str, Any]]:
@@ -201,12 +265,14 @@ class JobStore:
         path.write_bytes(data)
         return str(path)
 
-    async def add_results(self, job_id: str, images: list[bytes], parameters: list[dict[str, Any]]) -> None:
+    async def add_results(self, job_id: str, images: list[bytes], spec: JobSpec) -> None:
+        """The images of a finished job; image `index` records `spec.for_image(index)`."""
         rows = []
-        for index, (png, params) in enumerate(zip(images, parameters, strict=True)):
+        for index, png in enumerate(images):
             path = self.data_dir / "results" / f"{job_id}-{index}.png"
             path.write_bytes(png)
-            rows.append((job_id, index, params["seed"], str(path), json.dumps(params)))
+            own = spec.for_image(index)
+            rows.append((job_id, index, own.seed, str(path), json.dumps(own.to_dict())))
         await self.db.executemany(
             "INSERT OR REPLACE INTO results (job_id, idx, seed, path, parameters) VALUES (?, ?, ?, ?, ?)", rows
         )
@@ -215,10 +281,15 @@ class JobStore:
     async def results_for(self, job_id: str) -> list[ResultImage]:
         async with self.db.execute("SELECT * FROM results WHERE job_id = ? ORDER BY idx", (job_id,)) as cursor:
             rows = await cursor.fetchall()
-        return [ResultImage(r["job_id"], r["idx"], r["seed"], r["path"], json.loads(r["parameters"])) for r in rows]
+        return [
+            ResultImage(r["job_id"], r["idx"], r["seed"], r["path"], JobSpec.from_dict(json.loads(r["parameters"])))
+            for r in rows
+        ]
 
 
 def _job_from_row(row: aiosqlite.Row) -> JobRecord:
     values = dict(row)
-    values["params"] = json.loads(values["params"])
+    values.pop("kind")  # the spec's kind; the column is there for queries
+    values["spec"], values["extras"] = decode_params(values.pop("params"))
+    values["state"] = JobState(values["state"])
     return JobRecord(**values)

@@ -102,12 +102,19 @@ class ConfigCommands(app_commands.Group, name="config", description="This server
             return
         lines = []
         for change in changes:
-            new = "default" if change["new_value"] is None else str(change["new_value"])
+            new = _as_typed(change["key"], change["new_value"])
             when = discord.utils.format_dt(datetime.fromtimestamp(change["changed_at"], UTC), "R")
             lines.append(f"{when} <@{change['user_id']}> `{change['key']}` → {new[:80]}")
         # An embed: fifteen long lines can pass a message's 2000 characters, not a description's 4096.
         embed = discord.Embed(title="Recent /config changes", description="\n".join(lines))
         await interaction.response.send_message(embed=embed, ephemeral=True)
+
+
+def _as_typed(key: str, value) -> str:
+    """A stored value the way an admin would type it (on/off, comma lists, mentions)."""
+    if value is None:
+        return "default"
+    return describe(SETTINGS[key], value) if key in SETTINGS else str(value)
 
 
 class Admin(commands.Cog):

@@ -13,9 +13,11 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.attachments import ImageLimits, read_image_attachment, size_matching
-from bot.jobs import JobRequest, Refused
+from bot.errors import Refused
 from bot.render import ASPECTS, size_for_aspect
-from bot.views import post_queued, refuse
+from bot.store import JobExtras
+from bot.submit import enqueue, refuse
+from engine.jobspec import JobKind, JobSpec, ModelName
 
 MATCH = "match image"
 
@@ -59,24 +61,15 @@ class Control(commands.Cog):
                 width, height = size_matching(checked.width, checked.height, target)
             else:
                 width, height = size_for_aspect(aspect, target)
-            params = {
-                "prompt": prompt, "model": "turbo", "aspect": aspect, "width": width, "height": height,
-                "steps": steps, "seed": seed, "count": 1, "control_mode": mode, "control_strength": strength,
-            }  # fmt: skip
-            if mode == "canny":
-                params |= {"canny_low": canny_low, "canny_high": canny_high}
-            params = await self.bot.policy.check(interaction, "control", params)
-            request = JobRequest(
-                interaction.guild_id, interaction.channel_id, interaction.user.id, "control", params,
-                input_image=checked.data, user_cap=await self.bot.policy.user_cap(interaction.guild_id),
-            )  # fmt: skip
-            submitted = await self.bot.jobs.submit(request)
         except Refused as exc:
             await refuse(interaction, str(exc))
             return
-        notes = "".join(f"\n{note}" for note in checked.notes)
-        text = f"Queued — position {submitted.position}, ETA {submitted.eta} (job `{submitted.job.id}`){notes}"
-        await post_queued(interaction, text, submitted.job.id)
+        spec = JobSpec(
+            kind=JobKind.CONTROL, prompt=prompt, model=ModelName.TURBO, width=width, height=height, steps=steps,
+            seed=seed, control_mode=mode, control_strength=strength, canny_low=canny_low, canny_high=canny_high,
+        )  # fmt: skip
+        extras = JobExtras(aspect=aspect)
+        await enqueue(interaction, "control", spec, "Queued", checked.notes, extras=extras, input_image=checked.data)
 
 
 async def setup(bot) -> None:

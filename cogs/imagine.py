@@ -8,10 +8,11 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.jobs import JobRequest, Refused
+from bot.errors import Refused
 from bot.render import ASPECTS, size_for_aspect
-from bot.views import post_queued, refuse
-from engine.protocol import installed_loras
+from bot.store import JobExtras
+from bot.submit import enqueue, refuse
+from engine.jobspec import JobKind, JobSpec, ModelName, installed_loras
 
 
 class Imagine(commands.Cog):
@@ -46,26 +47,18 @@ class Imagine(commands.Cog):
         lora: str | None = None,
         lora_strength: app_commands.Range[float, -2.0, 2.0] = 1.0,
     ) -> None:
-        width, height = size_for_aspect(aspect, self.bot.config.target_pixels)
-        params = {
-            "prompt": prompt, "negative_prompt": negative or "", "model": model, "aspect": aspect,
-            "width": width, "height": height, "steps": steps, "cfg": cfg, "seed": seed, "count": count,
-        }  # fmt: skip
-        if lora:
-            params |= {"lora": lora, "lora_strength": lora_strength}
         try:
             self._check_lora(lora)
-            params = await self.bot.policy.check(interaction, "imagine", params)
-            request = JobRequest(
-                interaction.guild_id, interaction.channel_id, interaction.user.id, "txt2img", params,
-                user_cap=await self.bot.policy.user_cap(interaction.guild_id),
-            )  # fmt: skip
-            submitted = await self.bot.jobs.submit(request)
         except Refused as exc:
             await refuse(interaction, str(exc))
             return
-        text = f"Queued — position {submitted.position}, ETA {submitted.eta} (job `{submitted.job.id}`)"
-        await post_queued(interaction, text, submitted.job.id)
+        width, height = size_for_aspect(aspect, self.bot.config.target_pixels)
+        spec = JobSpec(
+            kind=JobKind.TXT2IMG, prompt=prompt, negative_prompt=negative or "",
+            model=ModelName(model) if model else None, width=width, height=height, steps=steps, cfg=cfg,
+            seed=seed, count=count, lora=lora or None, lora_strength=lora_strength if lora else 1.0,
+        )  # fmt: skip
+        await enqueue(interaction, "imagine", spec, "Queued", extras=JobExtras(aspect=aspect))
 
     @imagine.autocomplete("lora")
     async def lora_choices(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:

@@ -9,8 +9,8 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.settings import SETTINGS, describe
-from bot.views import CancelButton
-from engine.protocol import installed_loras
+from bot.status_view import CancelButton
+from engine.jobspec import installed_loras
 
 HELP_LIMITS = (
     "max_steps_turbo",
@@ -34,12 +34,12 @@ class QueueCommands(commands.Cog):
         lines = []
         running = jobs.running and await jobs.store.get_job(jobs.running.job_id)
         if running and running.user_id == interaction.user.id:
-            lines.append(f"▶️ `{running.id}` running now — {running.params.get('prompt', '')[:60]}")
+            lines.append(f"▶️ `{running.id}` running now — {running.spec.prompt[:60]}")
         view = discord.ui.View(timeout=None)
         for queued in mine:
             record = await jobs.store.get_job(queued.job_id)
             position = jobs.queue.position(queued.job_id)
-            prompt = (record.params.get("prompt", "") if record else "")[:60]
+            prompt = (record.spec.prompt if record else "")[:60]
             lines.append(f"#{position} `{queued.job_id}` ETA {jobs.eta_text(queued.job_id)} — {prompt}")
             if len(view.children) < 5:
                 button = CancelButton(queued.job_id)

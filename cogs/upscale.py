@@ -11,20 +11,10 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.attachments import ImageLimits, read_image_attachment
-from bot.jobs import Refused
-from bot.views import queue_upscale, refuse
-from engine.protocol import MAX_REFINE_DENOISE, MIN_UPSCALE_SIDE
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff")
-
-
-def first_image(message: discord.Message) -> discord.Attachment | None:
-    for attachment in message.attachments:
-        content_type = attachment.content_type or ""
-        if content_type.startswith("image/") or attachment.filename.lower().endswith(IMAGE_EXTENSIONS):
-            return attachment
-    return None
+from bot.attachments import ImageLimits, InputImage, read_image_attachment
+from bot.errors import Refused
+from bot.submit import enqueue_upscale, refuse
+from engine.jobspec import MAX_REFINE_DENOISE, MIN_UPSCALE_SIDE, JobKind, JobSpec
 
 
 class Upscale(commands.Cog):
@@ -58,27 +48,39 @@ class Upscale(commands.Cog):
         denoise: float | None = None,
     ) -> None:
         strength = self.bot.config.upscale.refine_denoise if denoise is None else denoise
-        await self._queue(interaction, image, {"scale": scale, "refine": refine, "denoise": strength})
-
-    async def upscale_message(self, interaction: discord.Interaction, message: discord.Message) -> None:
-        attachment = first_image(message)
-        if attachment is None:
-            await interaction.response.send_message(
-                "That message has no image attached: use Upscale image on a message with a PNG, JPEG, WebP or GIF.",
-                ephemeral=True,
-            )
-            return
-        await self._queue(interaction, attachment, {"scale": None, "refine": False, "denoise": 0.0})  # x4 or x2
-
-    async def _queue(self, interaction: discord.Interaction, attachment: discord.Attachment, options: dict) -> None:
-        if not options["refine"]:
-            options["denoise"] = 0.0  # strength means nothing without the refine pass
         try:
-            checked = await read_image_attachment(attachment, self.limits, interaction)
+            checked = await read_image_attachment(image, self.limits, interaction)
         except Refused as exc:
             await refuse(interaction, str(exc))
             return
-        await queue_upscale(interaction, checked.data, (checked.width, checked.height), options, checked.notes)
+        # The strength means nothing without the refine pass.
+        spec = JobSpec(kind=JobKind.UPSCALE, scale=scale, refine=refine, denoise=strength if refine else 0.0)
+        await self._queue(interaction, checked, spec)
+
+    async def upscale_message(self, interaction: discord.Interaction, message: discord.Message) -> None:
+        """The first attachment that is an image by its bytes (not its name or content type)."""
+        checked, refusal = None, None
+        for attachment in message.attachments:
+            try:
+                checked = await read_image_attachment(attachment, self.limits, interaction)
+                break
+            except Refused as exc:
+                refusal = refusal or str(exc)
+        if checked is None:
+            await refuse(
+                interaction,
+                refusal
+                or "That message has no image attached: use Upscale image on a message with a PNG, JPEG, WebP or GIF.",
+            )
+            return
+        spec = JobSpec(kind=JobKind.UPSCALE, refine=False, denoise=0.0)
+        await self._queue(interaction, checked, spec, auto_scale=True)  # x4, or x2 where x4 is too large
+
+    async def _queue(
+        self, interaction: discord.Interaction, checked: InputImage, spec: JobSpec, auto_scale: bool = False
+    ) -> None:
+        size = (checked.width, checked.height)
+        await enqueue_upscale(interaction, checked.data, size, spec, checked.notes, auto_scale=auto_scale)
 
 
 async def setup(bot) -> None:

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
 
 
 def _engine_options(args):
-    from engine.options import EngineOptions
+    from engine.jobspec import EngineOptions
 
     return EngineOptions(
-        models=args.models,
+        weights=args.models,
         device=args.device,
         compile=args.compile,
         low_vram=args.low_vram,
@@ -43,15 +44,15 @@ def _output_paths(out: Path, count: int) -> list[Path]:
 
 
 def cmd_generate(args) -> int:
+    from engine.jobspec import BadInput, JobKind, JobSpec, resolve
     from engine.models import MissingWeightsError
-    from engine.protocol import BadInput, Job, JobKind, Limits, resolve_parameters
+    from engine.protocol import Job
 
     input_image = Path(args.input_image).read_bytes() if args.input_image else None
     kind = JobKind.IMG2IMG if input_image else JobKind.TXT2IMG
     if args.control_image:
         kind, input_image = JobKind.CONTROL, Path(args.control_image).read_bytes()
-    job = Job(
-        job_id="cli",
+    spec = JobSpec(
         kind=kind,
         prompt=args.prompt,
         negative_prompt=args.negative,
@@ -63,21 +64,21 @@ def cmd_generate(args) -> int:
         seed=args.seed,
         count=args.count,
         denoise=args.denoise,
-        input_image=input_image,
-        control_mode=args.control_mode,
+        control_mode=args.control_mode if kind == JobKind.CONTROL else None,
         control_strength=args.control_strength,
         canny_low=args.canny_low,
         canny_high=args.canny_high,
         lora=args.lora,
         lora_strength=args.lora_strength,
     )
-    limits = Limits.for_models(args.models)
+    options = _engine_options(args)
+    limits = options.limits()
     try:
-        resolve_parameters(job, limits)  # refuse bad input before the heavy imports
+        job = Job("cli", resolve(spec, limits), input_image)  # refuse bad input before the heavy imports
         from engine.modes import run_image_job
         from engine.pipeline import PooledPipeline
 
-        pooled = PooledPipeline(_engine_options(args)).load()
+        pooled = PooledPipeline(options).load()
         result = run_image_job(
             pooled, job, limits, lambda step, total, _: print(f"step {step}/{total}", file=sys.stderr)
         )
@@ -94,7 +95,7 @@ def cmd_generate(args) -> int:
         path = Path(args.out).with_name(f"{Path(args.out).stem}-control{Path(args.out).suffix}")
         path.write_bytes(result.extra_images["control_map"])
         print(path)
-    seeds = ", ".join(str(s) for s in result.parameters["seeds"])
+    seeds = ", ".join(str(s) for s in result.spec.seeds)
     print(f"seed(s) {seeds}; {result.timings['total']:.2f} s", file=sys.stderr)
     return 0
 
@@ -107,50 +108,53 @@ def _add_upscale_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--upscale-max-side", type=int, default=4096, help="largest output side an upscale may make")
 
 
-def _upscale_setup(args):
-    """EngineOptions and Limits with the upscale arguments applied."""
+def _upscale_options(args):
     from dataclasses import replace
 
-    from engine.protocol import Limits
-
-    options = replace(
+    return replace(
         _engine_options(args),
         upscale_tile=args.upscale_tile,
         upscale_tile_pad=args.upscale_tile_pad,
         refine_tile=args.refine_tile,
         refine_overlap=args.refine_overlap,
+        upscale_max_side=args.upscale_max_side,
     )
-    return options, replace(Limits.for_models(args.models), max_upscale_side=args.upscale_max_side)
 
 
 def cmd_serve(args) -> int:
+    from engine.jobspec import EngineOptions
     from engine.worker import serve
 
-    return serve(*_upscale_setup(args))
+    return serve(EngineOptions.from_dict(json.loads(args.options)))
 
 
 def cmd_upscale(args) -> int:
-    from engine.models import MissingWeightsError
-    from engine.protocol import BadInput, Job, JobKind, resolve_parameters
+    from dataclasses import replace
 
-    options, limits = _upscale_setup(args)
+    from engine.jobspec import BadInput, JobKind, JobSpec, resolve
+    from engine.models import MissingWeightsError
+    from engine.protocol import Job
+
+    options = _upscale_options(args)
+    limits = options.limits()
     try:
         data = Path(args.image).read_bytes()
     except OSError as exc:
         print(f"error: cannot read {args.image}: {exc.strerror}", file=sys.stderr)
         return 2
-    job = Job(
-        job_id="cli", kind=JobKind.UPSCALE, input_image=data, scale=args.scale, refine=args.refine,
-        denoise=args.denoise, prompt=args.prompt, seed=args.seed,
+    spec = JobSpec(
+        kind=JobKind.UPSCALE, scale=args.scale, refine=args.refine, denoise=args.denoise, prompt=args.prompt,
+        seed=args.seed,
     )  # fmt: skip
     try:
         from engine.images import decode_input_image
 
         try:
-            job.width, job.height = decode_input_image(data).size
+            width, height = decode_input_image(data).size
         except Exception as exc:
             raise BadInput(f"{args.image} is not an image this engine can read ({type(exc).__name__}).") from None
-        resolve_parameters(job, limits)  # refuse bad input before loading any model
+        spec = resolve(replace(spec, input_width=width, input_height=height), limits)  # before loading any model
+        job = Job("cli", spec, data)
         from engine.upscale import run_upscale_job
 
         pooled = None
@@ -168,11 +172,11 @@ def cmd_upscale(args) -> int:
         print(exc, file=sys.stderr)
         return 3
     Path(args.out).write_bytes(result.images[0])
-    params = result.parameters
+    done = result.spec
     print(args.out)
     print(
-        f"{params['input_width']}x{params['input_height']} -> {params['width']}x{params['height']}"
-        f"{' refined' if params['refine'] else ''}; {result.timings['total']:.2f} s",
+        f"{done.input_width}x{done.input_height} -> {done.width}x{done.height}"
+        f"{' refined' if done.refine else ''}; {result.timings['total']:.2f} s",
         file=sys.stderr,
     )
     return 0
@@ -247,8 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     upscale.set_defaults(handler=cmd_upscale)
 
     serve = commands.add_parser("serve", help="run jobs from stdin (the bot starts this)")
-    _add_engine_arguments(serve)
-    _add_upscale_arguments(serve)
+    serve.add_argument("--options", required=True, help="the EngineOptions as JSON (the bot writes them)")
     serve.set_defaults(handler=cmd_serve)
 
     fetch = commands.add_parser("download", help="fetch all real weights into the HF cache")

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from engine.jobspec import JobSpec
 from engine.models import resolve_annotator
 
 # The resolution the neural annotators were trained at; their maps are scaled to the output size.
@@ -58,9 +59,9 @@ def annotator(mode: str, device: str = "cpu"):
         return _loaded[key]
 
 
-def control_map(image: Image.Image, params: dict[str, Any], device: str = "cpu") -> Image.Image:
+def control_map(image: Image.Image, spec: JobSpec, device: str = "cpu") -> Image.Image:
     """The map the ControlNet follows, exactly as large as `image` (already fitted to the output)."""
-    mode = params["control_mode"]
+    mode = spec.control_mode
     if mode == "none":
         return image
     if mode == "canny":
@@ -68,7 +69,7 @@ def control_map(image: Image.Image, params: dict[str, Any], device: str = "cpu")
         # 64 and back, which smears the one-pixel edges at our sizes (multiples of 16).
         import cv2
 
-        edges = cv2.Canny(np.asarray(image.convert("RGB")), params["canny_low"], params["canny_high"])
+        edges = cv2.Canny(np.asarray(image.convert("RGB")), spec.canny_low, spec.canny_high)
         return Image.fromarray(edges).convert("RGB")
     detector = annotator(mode, device)
     side = min(image.size)

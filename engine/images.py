@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from PIL import Image, ImageOps, PngImagePlugin
 
-MODEL_LABELS = {"turbo": "Z-Image-Turbo", "base": "Z-Image"}
+from engine.jobspec import MODEL_LABELS, ModelName
 
 # Flux-VAE latent (16 channels) -> RGB, a linear fit (the factors ComfyUI uses for Flux latents).
 # Good enough to show composition and colour between steps without running the VAE.
@@ -24,7 +24,7 @@ LATENT_RGB_BIAS = [-0.0329, -0.0718, -0.0851]
 
 def parameters_text(params: dict[str, Any]) -> str:
     """The A1111-style `parameters` chunk most image viewers and sites understand."""
-    lines = [params.get("prompt", "")]
+    lines = [params["prompt"]] if params.get("prompt") else []  # an upscale may have none
     if params.get("kind") == "upscale":
         fields = [
             f"Upscaler: Real-ESRGAN x4plus, Scale: {params['scale']}",
@@ -32,7 +32,11 @@ def parameters_text(params: dict[str, Any]) -> str:
             f"Source size: {params['input_width']}x{params['input_height']}",
         ]
         if params.get("refine"):  # the refine pass is a Turbo img2img over tiles
-            fields += [f"Refine: {MODEL_LABELS['turbo']}", f"Steps: {params['steps']}", f"Seed: {params['seed']}"]
+            fields += [
+                f"Refine: {MODEL_LABELS[ModelName.TURBO]}",
+                f"Steps: {params['steps']}",
+                f"Seed: {params['seed']}",
+            ]
             fields.append(f"Denoising strength: {params['denoise']}")
         lines.append(", ".join(fields))
         return "\n".join(lines)
@@ -46,6 +50,8 @@ def parameters_text(params: dict[str, Any]) -> str:
         f"Size: {params['width']}x{params['height']}",
         f"Model: {MODEL_LABELS.get(params['model'], params['model'])}",
     ]
+    if params.get("sigma_shift"):
+        fields.append(f"Shift: {params['sigma_shift']:g}")
     if params.get("denoise", 1.0) < 1.0:
         fields.append(f"Denoising strength: {params['denoise']}")
     if params.get("control_mode"):

@@ -24,7 +24,7 @@ from diffsynth.utils.lora import GeneralLoRALoader
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from engine.protocol import BadInput
+from engine.jobspec import BadInput
 
 log = logging.getLogger("engine.lora")
 

@@ -1,8 +1,8 @@
-"""Job handlers: validate a Job, run it through the pooled pipeline, return a Result.
+"""Image job handlers: resolve a Job's spec, run it through the pooled pipeline, return a Result.
 
-txt2img, img2img and control (ControlNet on Turbo) live here; upscale joins them as its issue lands.
-Validation (engine.protocol.resolve_parameters, shared with the bot) raises BadInput with a
-message a Discord user can act on.
+txt2img, img2img and control (ControlNet on Turbo) live here; upscale is engine/upscale.py.
+Validation (engine.jobspec.resolve, shared with the bot) raises BadInput with a message a
+Discord user can act on.
 """
 
 from __future__ import annotations
@@ -13,10 +13,9 @@ from collections.abc import Callable
 import torch
 
 from engine.images import decode_input_image, encode_png, fit_to_size, latent_preview_jpeg
+from engine.jobspec import BadInput, JobKind, Limits, resolve
 from engine.pipeline import ControlNetInput, PooledPipeline
-from engine.protocol import BadInput, Job, JobKind, Limits, Result, resolve_parameters
-
-__all__ = ["BadInput", "Cancelled", "Limits", "resolve_parameters", "run_image_job"]
+from engine.protocol import Job, Result
 
 
 class Cancelled(Exception):
@@ -30,39 +29,39 @@ def run_image_job(
     pooled: PooledPipeline, job: Job, limits: Limits, on_progress: ProgressCallback | None = None
 ) -> Result:
     """txt2img, img2img or control, `count` images with seeds seed, seed+1, ..."""
-    params = resolve_parameters(job, limits)
+    spec = resolve(job.spec, limits, has_input=job.input_image is not None)
     input_image = controlnet_inputs = None
     extra_images: dict[str, bytes] = {}
     annotate_start = time.perf_counter()
-    if job.kind in (JobKind.IMG2IMG, JobKind.CONTROL):
+    if spec.kind in (JobKind.IMG2IMG, JobKind.CONTROL):
         try:
-            source = fit_to_size(decode_input_image(job.input_image), params["width"], params["height"])
+            source = fit_to_size(decode_input_image(job.input_image), spec.width, spec.height)
         except Exception as exc:
             raise BadInput(f"The input image could not be read ({type(exc).__name__}).") from exc
-        if job.kind == JobKind.IMG2IMG:
+        if spec.kind == JobKind.IMG2IMG:
             input_image = source
         else:
             from engine.control import control_map, map_png
 
-            control = control_map(source, params, pooled.device)
-            controlnet_inputs = [ControlNetInput(image=control, scale=params["control_strength"])]
+            control = control_map(source, spec, pooled.device)
+            controlnet_inputs = [ControlNetInput(image=control, scale=spec.control_strength)]
             extra_images["control_map"] = map_png(control)
     annotate_seconds = time.perf_counter() - annotate_start
 
-    pipe = pooled.use(params["model"])
+    pipe = pooled.use(spec.model)
     on_cuda = pooled.device.startswith("cuda")
     synchronize = (lambda: torch.cuda.synchronize(pooled.device)) if on_cuda else (lambda: None)
     timings = {"prepare": 0.0, "denoise": 0.0, "decode": 0.0}
     done_steps = 0
     start = time.perf_counter()
     images = []
-    with pooled.lora(params.get("lora"), params.get("lora_strength", 1.0)):  # taken out again after
-        for seed in params["seeds"]:
+    with pooled.lora(spec.lora, spec.lora_strength):  # taken out again after
+        for index, seed in enumerate(spec.seeds):
             marks = {"call": time.perf_counter()}
 
             def stepping(timesteps, marks=marks):
                 nonlocal done_steps
-                total = len(timesteps) * params["count"]
+                total = len(timesteps) * spec.count
                 synchronize()
                 marks["denoise"] = time.perf_counter()
                 for step_index, timestep in enumerate(timesteps):
@@ -78,16 +77,17 @@ def run_image_job(
                 marks["decode"] = time.perf_counter()
 
             image = pipe(
-                prompt=params["prompt"],
-                negative_prompt=params["negative_prompt"],
-                cfg_scale=params["cfg"],
+                prompt=spec.prompt,
+                negative_prompt=spec.negative_prompt,
+                cfg_scale=spec.cfg,
                 input_image=input_image,
-                denoising_strength=params["denoise"],
-                height=params["height"],
-                width=params["width"],
+                denoising_strength=spec.denoise,
+                height=spec.height,
+                width=spec.width,
                 seed=seed,
                 rand_device="cpu",  # same seed, same image on any GPU
-                num_inference_steps=params["steps"],
+                num_inference_steps=spec.steps,
+                sigma_shift=spec.sigma_shift,  # Base 6, Turbo 3: each model's own scheduler shift
                 controlnet_inputs=controlnet_inputs,  # None: the ControlNet is skipped entirely
                 progress_bar_cmd=stepping,
             )
@@ -95,8 +95,8 @@ def run_image_job(
             timings["prepare"] += marks["denoise"] - marks["call"]
             timings["denoise"] += marks["decode"] - marks["denoise"]
             timings["decode"] += end - marks["decode"]
-            images.append(encode_png(image, {**params, "seed": seed, "seeds": [seed]}))
+            images.append(encode_png(image, spec.for_image(index).record()))
     if controlnet_inputs is not None:
         timings["annotate"] = annotate_seconds
     timings["total"] = time.perf_counter() - start + annotate_seconds
-    return Result(job_id=job.job_id, images=images, parameters=params, timings=timings, extra_images=extra_images)
+    return Result(job_id=job.job_id, images=images, spec=spec, timings=timings, extra_images=extra_images)

@@ -20,10 +20,9 @@ from diffsynth.models.model_loader import ModelPool
 from diffsynth.pipelines.z_image import ZImagePipeline
 from transformers import AutoTokenizer
 
+from engine.jobspec import BadInput, EngineOptions, installed_loras
 from engine.lora import check_fits, hot_load_layers, read_lora, to_diffsynth_layout
 from engine.models import Component, components_for, resolve
-from engine.options import EngineOptions
-from engine.protocol import BadInput, installed_loras
 
 log = logging.getLogger("engine.pipeline")
 
@@ -86,8 +85,8 @@ class PooledPipeline:
 
     def load(self) -> PooledPipeline:
         start = time.perf_counter()
-        components = components_for(self.options.models, self.options.controlnet_file)
-        paths = resolve(self.options.models, components)  # raises MissingWeightsError listing every gap
+        components = components_for(self.options.weights, self.options.controlnet_file)
+        paths = resolve(self.options.weights, components)  # raises MissingWeightsError listing every gap
         self.low_vram = self._wants_low_vram()
         pool = ModelPool()
         for component in components:
@@ -126,7 +125,7 @@ class PooledPipeline:
         if self.options.low_vram != "auto":
             return self.options.low_vram == "on"
         free, total = (size / 2**30 for size in torch.cuda.mem_get_info(torch.device(self.device)))
-        return self.options.models == "zimage" and (total < FULLY_RESIDENT_MIN_GB or free < FULLY_RESIDENT_FREE_GB)
+        return self.options.weights == "zimage" and (total < FULLY_RESIDENT_MIN_GB or free < FULLY_RESIDENT_FREE_GB)
 
     def _vram_config(self) -> dict:
         if not self.low_vram:

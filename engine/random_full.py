@@ -1,9 +1,9 @@
 """The full-size Z-Image with random weights, built straight on the GPU (no files, no download).
 
 Random weights cost the same FLOPs and memory as the real ones, so this stands in for the real
-models in the GPU smoke test and the benchmark (`bench/engine_bench.py`). Like
-`/work/shared/reference/bench_random_zimage.py`: DiT parameters are scaled by 0.2 to keep
-activations finite through 30 random layers.
+models in the GPU smoke test and the benchmark (`bench/engine_bench.py`). As in the project's
+reference benchmark (DESIGN.md, "Performance references"): DiT parameters are scaled by 0.2 to
+keep activations finite through 30 random layers.
 
 The tokenizer is word-level (one id per word, unknown words -> <unk>) rather than the tiny
 model's character-level one: a real BPE tokenizer gives about one token per word, so this keeps
@@ -18,7 +18,7 @@ from diffsynth.models.z_image_dit import ZImageDiT
 from diffsynth.models.z_image_text_encoder import ZImageTextEncoder
 from transformers import PreTrainedTokenizerFast
 
-from engine.options import EngineOptions
+from engine.jobspec import EngineOptions
 from engine.pipeline import PooledPipeline
 from engine.tiny import CHAT_TEMPLATE, SPECIAL_TOKENS
 

@@ -2,7 +2,7 @@
 
 It is how developers and CI run every command without a GPU or a download. `build_tiny_weights`
 writes it to safetensors files plus a tokenizer folder, deterministically from a fixed seed,
-and `engine.models.tiny_manifest` points the normal loading code at those files, so the path
+and `engine.models.resolve("tiny")` points the normal loading code at those files, so the path
 real weights take (ModelPool.load_model_file -> pipeline) is the path the tests exercise.
 
 The VAE is the real Flux VAE architecture (random weights): shrinking it would change the

@@ -29,10 +29,11 @@ sys.modules.setdefault("torchvision.transforms.functional_tensor", torchvision.t
 from PIL import Image  # noqa: E402
 from realesrgan import RealESRGANer  # noqa: E402
 
+from engine import jobspec  # noqa: E402
 from engine.images import decode_input_image, encode_png  # noqa: E402
+from engine.jobspec import BadInput, EngineOptions, JobSpec, Limits, ModelName  # noqa: E402
 from engine.models import TINY_UPSCALER_COMPONENT, UPSCALER_COMPONENT, Component, resolve, tiny_dir  # noqa: E402
-from engine.options import EngineOptions  # noqa: E402
-from engine.protocol import BadInput, Job, Limits, Result, resolve_parameters  # noqa: E402
+from engine.protocol import Job, Result  # noqa: E402
 
 StepCallback = Callable[[], None]
 REFINE_PROMPT = "a detailed, sharp, high quality photograph"  # when the job carries no prompt of its own
@@ -136,10 +137,10 @@ _loaded: dict[tuple, TiledUpscaler] = {}
 
 def cached_upscaler(options: EngineOptions, device: str) -> TiledUpscaler:
     """Loaded on the first upscale job (67 MB), then kept: most engines never upscale."""
-    key = (options.models, device, options.upscale_tile, options.upscale_tile_pad)
+    key = (options.weights, device, options.upscale_tile, options.upscale_tile_pad)
     if key not in _loaded:
         _loaded.clear()
-        component, path = upscaler_weights(options.models)
+        component, path = upscaler_weights(options.weights)
         _loaded[key] = load_upscaler(component, path, device, options.upscale_tile, options.upscale_tile_pad)
     return _loaded[key]
 
@@ -184,7 +185,9 @@ def refine_grid(width: int, height: int, tile: int, overlap: int) -> tuple[int, 
     return tile_w, tile_h, tile_starts(width, tile_w, overlap_x), tile_starts(height, tile_h, overlap_y)
 
 
-def refine_tiles(pipe, image: Image.Image, params: dict, tile: int, overlap: int, on_step: StepCallback) -> Image.Image:
+def refine_tiles(
+    pipe, image: Image.Image, spec: JobSpec, tile: int, overlap: int, on_step: StepCallback
+) -> Image.Image:
     """Turbo img2img over `image` in overlapping tiles, blended with feathered overlaps."""
     width, height = image.size
     tile_w, tile_h, xs, ys = refine_grid(width, height, tile, overlap)
@@ -204,15 +207,15 @@ def refine_tiles(pipe, image: Image.Image, params: dict, tile: int, overlap: int
         for column, left in enumerate(xs):
             box = (left, top, left + tile_w, top + tile_h)
             refined = pipe(
-                prompt=params["prompt"] or REFINE_PROMPT,
-                cfg_scale=params["cfg"],
+                prompt=spec.prompt or REFINE_PROMPT,
+                cfg_scale=spec.cfg,
                 input_image=source.crop(box),
-                denoising_strength=params["denoise"],
+                denoising_strength=spec.denoise,
                 height=tile_h,
                 width=tile_w,
-                seed=params["seed"],
+                seed=spec.seed,
                 rand_device="cpu",
-                num_inference_steps=params["steps"],
+                num_inference_steps=spec.steps,
                 progress_bar_cmd=stepping,
             )
             # Ramp only the sides that overlap a neighbour: the image borders keep full weight.
@@ -235,7 +238,7 @@ def refine_tiles(pipe, image: Image.Image, params: dict, tile: int, overlap: int
 def refine_tile_size(options: EngineOptions) -> tuple[int, int]:
     if options.refine_tile:
         return options.refine_tile, options.refine_overlap
-    return TINY_REFINE_TILE if options.models == "tiny" else (1024, options.refine_overlap)
+    return TINY_REFINE_TILE if options.weights == "tiny" else (1024, options.refine_overlap)
 
 
 def run_upscale_job(
@@ -247,16 +250,16 @@ def run_upscale_job(
         image = decode_input_image(job.input_image or b"")
     except Exception as exc:
         raise BadInput(f"The image could not be read ({type(exc).__name__}): attach a PNG, JPEG or WebP.") from exc
-    params = resolve_parameters(replace(job, width=image.width, height=image.height), limits)
-    if params["refine"] and pooled is None:
+    spec = jobspec.resolve(replace(job.spec, input_width=image.width, input_height=image.height), limits)
+    if spec.refine and pooled is None:
         raise BadInput("Refinement needs the Turbo pipeline, which this engine did not load.")
     upscaler = cached_upscaler(options, _device(options, pooled))
     tile, overlap = refine_tile_size(options)
     tiles = upscaler.tile_count(image.width, image.height)
     refine_steps = 0
-    if params["refine"]:
-        _, _, xs, ys = refine_grid(params["width"], params["height"], tile, overlap)
-        refine_steps = len(xs) * len(ys) * params["steps"]
+    if spec.refine:
+        _, _, xs, ys = refine_grid(spec.width, spec.height, tile, overlap)
+        refine_steps = len(xs) * len(ys) * spec.steps
     done, total = 0, tiles + refine_steps
 
     def step() -> None:
@@ -267,14 +270,14 @@ def run_upscale_job(
 
     timings = {"load": time.perf_counter() - start}
     mark = time.perf_counter()
-    upscaled = upscaler.upscale(image, params["scale"], step)
+    upscaled = upscaler.upscale(image, spec.scale, step)
     timings["upscale"] = time.perf_counter() - mark
-    if params["refine"]:
+    if spec.refine:
         mark = time.perf_counter()
-        upscaled = refine_tiles(pooled.use("turbo"), upscaled, params, tile, overlap, step)
+        upscaled = refine_tiles(pooled.use(ModelName.TURBO), upscaled, spec, tile, overlap, step)
         timings["refine"] = time.perf_counter() - mark
     mark = time.perf_counter()
-    png = encode_png(upscaled, params)
+    png = encode_png(upscaled, spec.record())
     timings["encode"] = time.perf_counter() - mark
     timings["total"] = time.perf_counter() - start
-    return Result(job_id=job.job_id, images=[png], parameters=params, timings=timings)
+    return Result(job_id=job.job_id, images=[png], spec=spec, timings=timings)

@@ -17,7 +17,8 @@ import threading
 import traceback
 
 from engine import protocol
-from engine.protocol import Cancel, Failure, FailureKind, Job, JobKind, Progress, Ready, Shutdown
+from engine.jobspec import EngineOptions, JobKind
+from engine.protocol import Cancel, Failure, FailureKind, Job, Progress, Ready, Shutdown
 
 log = logging.getLogger("engine.worker")
 
@@ -43,10 +44,11 @@ def claim_stdout_for_frames():
 
 
 def out_of_memory_failure(job: Job) -> Failure:
+    spec = job.spec
     return Failure(
         job.job_id,
         FailureKind.OUT_OF_MEMORY,
-        f"The GPU ran out of memory for {job.count} image(s) at {job.width}x{job.height}. "
+        f"The GPU ran out of memory for {spec.count} image(s) at {spec.width}x{spec.height}. "
         "Try a smaller size or fewer images.",
     )
 
@@ -74,9 +76,9 @@ def gpu_is_broken(exc: BaseException, device: str) -> bool:
 
 
 class Worker:
-    def __init__(self, options, limits, writer: FrameWriter):
+    def __init__(self, options: EngineOptions, writer: FrameWriter):
         self.options = options
-        self.limits = limits
+        self.limits = options.limits()
         self.writer = writer
         self.jobs: queue.Queue = queue.Queue()
         self.cancelled: set[str] = set()
@@ -107,7 +109,7 @@ class Worker:
 
         try:
             # Fail fast, before the heavy imports.
-            resolve(self.options.models, components_for(self.options.models, self.options.controlnet_file))
+            resolve(self.options.weights, components_for(self.options.weights, self.options.controlnet_file))
             from engine.pipeline import PooledPipeline
 
             self.pooled = PooledPipeline(self.options).load()
@@ -115,9 +117,16 @@ class Worker:
             log.error("%s", exc)
             self.writer.send(Failure("", FailureKind.MISSING_WEIGHTS, str(exc)))
             return 3
-        self.writer.send(Ready(self.pooled.device, self.options.models, limits=self.limits.as_dict()))
+        self.writer.send(
+            Ready(self.pooled.device, self.options.weights, self.limits, control_modes=self.control_modes())
+        )
         threading.Thread(target=self.read_forever, args=(stdin,), daemon=True, name="engine-reader").start()
         return self.serve_jobs()
+
+    def control_modes(self) -> list[str]:
+        from engine.jobspec import CONTROL_MODES
+
+        return list(CONTROL_MODES)
 
     def serve_jobs(self) -> int:
         """One job at a time until the reader says stop; the exit code for the process."""
@@ -149,7 +158,7 @@ class Worker:
             self.writer.send(Progress(job.job_id, step, total, preview))
 
         try:
-            if job.kind == JobKind.UPSCALE:
+            if job.spec.kind == JobKind.UPSCALE:
                 from engine.upscale import run_upscale_job
 
                 return run_upscale_job(self.pooled, job, self.limits, self.options, on_progress)
@@ -162,7 +171,9 @@ class Worker:
             log.error("%s", exc)
             return Failure(job.job_id, FailureKind.MISSING_WEIGHTS, str(exc))
         except torch.OutOfMemoryError:
-            log.warning("out of memory on job %s (%sx%s x%s)", job.job_id, job.width, job.height, job.count)
+            log.warning(
+                "out of memory on job %s (%sx%s x%s)", job.job_id, job.spec.width, job.spec.height, job.spec.count
+            )
         except Exception as exc:
             if gpu_is_broken(exc, self.pooled.device):
                 raise GpuBroken() from exc
@@ -181,7 +192,7 @@ class Worker:
         return out_of_memory_failure(job)
 
 
-def serve(options, limits) -> int:
+def serve(options: EngineOptions) -> int:
     frames = claim_stdout_for_frames()
-    worker = Worker(options, limits, FrameWriter(frames))
+    worker = Worker(options, FrameWriter(frames))
     return worker.run(sys.stdin.buffer)

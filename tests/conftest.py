@@ -15,7 +15,7 @@ os.environ.setdefault(
 )
 
 
-from tests.discord_harness import LORA_DIR  # noqa: E402  (after the cache folder is chosen)
+from tests.helpers import LORA_DIR  # noqa: E402  (after the cache folder is chosen)
 
 
 @pytest.fixture(scope="session")
@@ -38,25 +38,26 @@ def tiny_loras():
 
 @pytest.fixture(scope="session")
 def tiny_pipeline():
-    from engine.options import EngineOptions
+    from engine.jobspec import EngineOptions
     from engine.pipeline import PooledPipeline
 
-    return PooledPipeline(EngineOptions(models="tiny", lora_dir=LORA_DIR)).load()
+    return PooledPipeline(EngineOptions(weights="tiny", lora_dir=LORA_DIR)).load()
 
 
 @pytest.fixture(scope="session")
 def tiny_limits():
-    from engine.modes import Limits
+    from engine.jobspec import Limits
 
     return Limits.for_models("tiny")
 
 
 @pytest.fixture(scope="session")
 async def engine_client():
-    """The real engine as a separate process (`python -m engine serve --models tiny`)."""
+    """The real engine as a separate process (`python -m engine serve --options '{"weights": "tiny", ...}'`)."""
     from bot.engine_client import EngineClient
+    from engine.jobspec import EngineOptions
 
-    client = EngineClient("tiny", device="cpu", restart_backoff=(0.1,), extra_args=["--lora-dir", LORA_DIR])
+    client = EngineClient(EngineOptions(weights="tiny", device="cpu", lora_dir=LORA_DIR), restart_backoff=(0.1,))
     await client.start()
     await client.wait_ready(timeout=120)
     yield client

@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 import pytest
 import simcord
 
-from tests.discord_harness import discord_world
+from tests.helpers import discord_world
 
 
 async def config_set(world, setting: str, value: str, member=None):
@@ -94,9 +94,9 @@ async def test_step_size_count_and_queue_limits_and_default_model(engine_client,
         await config_set(world, "default_model", "base")
         _, job_id = await world.imagine(world.alice, prompt="a cat")  # steps default to the guild's cap
         job = await world.bot.store.get_job(job_id)
-        assert job.params["model"] == "base" and job.params["steps"] == 30
+        assert job.spec.model == "base" and job.spec.steps == 30
         _, turbo_id = await world.imagine(world.bob, prompt="a cat", model="turbo")
-        assert (await world.bot.store.get_job(turbo_id)).params["steps"] == 4  # min(default 8, guild cap 4)
+        assert (await world.bot.store.get_job(turbo_id)).spec.steps == 4  # min(default 8, guild cap 4)
         await config_set(world, "max_queued", "1")
         refused, _ = await world.imagine(world.bob, prompt="a bird", steps=2)
         assert "You already have 1 job queued" in refused.response.content

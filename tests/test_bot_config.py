@@ -56,9 +56,23 @@ def test_bad_config_key_stops_the_launcher_with_its_name(tmp_path):
     assert run.returncode == 2 and "unknown key queue.per_usr" in run.stderr and "Traceback" not in run.stderr
 
 
+def test_no_network_to_discord_is_one_clear_line(tmp_path):
+    # Discord's API moved to a local port nothing listens on: what a machine without network sees.
+    path = tmp_path / "config.toml"
+    path.write_text(f'[engine]\nmodels = "tiny"\n[storage]\ndata_dir = "{tmp_path / "data"}"\n')
+    code = (
+        "import sys, discord.http; discord.http.Route.BASE = 'http://127.0.0.1:9/api/v10';"
+        f"from bot.__main__ import main; sys.exit(main(['--config', {str(path)!r}]))"
+    )
+    env = os.environ | {"DISCORD_TOKEN": "x"}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert run.returncode == 4, run.stderr[-2000:]
+    assert "Cannot reach Discord" in run.stderr and "Traceback" not in run.stderr
+
+
 def test_the_bot_side_never_imports_torch_or_diffsynth():
     code = (
-        "import sys, bot, bot.views, bot.jobs, bot.attachments, cogs.imagine, cogs.control, cogs.upscale,"
+        "import sys, bot, bot.views, bot.jobs, bot.submit, bot.delivery, bot.attachments, cogs.imagine, cogs.control, cogs.upscale,"
         " cogs.admin, cogs.queue; from bot import create_bot, load_config; create_bot(load_config('config.toml'));"
         "heavy = ('torch', 'diffsynth', 'transformers', 'controlnet_aux', 'realesrgan', 'basicsr', 'cv2');"
         "print(sorted(m for m in heavy if m in sys.modules))"

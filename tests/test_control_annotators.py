@@ -26,6 +26,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from engine import control
+from engine.jobspec import JobSpec
 from engine.models import ANNOTATOR_FILES, ANNOTATORS_REPO, MissingWeightsError, resolve_annotator
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -234,7 +235,7 @@ def test_each_annotator_loads_its_downloaded_files_offline_and_draws_a_map(mode,
         assert all(torch.equal(on_disk[key], in_memory[key]) for key in on_disk), weight.name
 
     image = drawing()
-    result = control.control_map(image, {"control_mode": mode})
+    result = control.control_map(image, JobSpec(control_mode=mode))
     assert (result.size, result.mode) == (image.size, "RGB")
     assert control.annotator(mode) is detector  # loaded once, then kept
 
@@ -245,6 +246,6 @@ def test_a_partial_download_names_the_missing_file(tmp_path, offline):
         (hub.snapshot / name).write_bytes(b"")
     use_cache(offline, hub.cache)
     with pytest.raises(MissingWeightsError) as caught:
-        control.control_map(drawing(), {"control_mode": "pose"})
+        control.control_map(drawing(), JobSpec(control_mode="pose"))
     assert caught.value.missing == [f"pose annotator ({ANNOTATORS_REPO}: facenet.pth)"]
     assert "python -m engine download" in str(caught.value)

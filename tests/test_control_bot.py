@@ -1,47 +1,16 @@
 """/control end to end (offline Discord, real tiny engine process) and the attachment checks."""
 
 import io
-import struct
-import zlib
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from bot.attachments import DEFER_ABOVE_BYTES, BadImage, ImageLimits, check_image, may_be_slow, size_matching
 from engine.images import decode_input_image
-from tests.discord_harness import JOB_ID, discord_world
-
-
-def encoded(image: Image.Image, fmt: str = "PNG", **save) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **save)
-    return buffer.getvalue()
-
-
-def drawing(size=(64, 64)) -> Image.Image:
-    image = Image.new("RGB", size, "white")
-    ImageDraw.Draw(image).ellipse((12, 12, size[0] - 12, size[1] - 12), outline="black", width=3)
-    return image
-
-
-def noise(size=(64, 64)) -> Image.Image:
-    return Image.fromarray(np.random.default_rng(1).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
-
-
-def declaring(width: int, height: int) -> bytes:
-    """A small real PNG whose header claims width x height: a decompression bomb's shape."""
-    data = bytearray(encoded(drawing()))
-    data[16:24] = struct.pack(">II", width, height)  # IHDR data follows the signature, length and type
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
-    return bytes(data)
-
-
-def with_corrupt_exif(jpeg: bytes) -> bytes:
-    garbage = b"Exif\x00\x00II*\x00\xff\xff\xff\x7f" + b"\xde\xad" * 20  # IFD offset far past the end
-    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(garbage) + 2) + garbage + jpeg[2:]
+from tests.helpers import BAD_INPUTS, JOB_ID, discord_world, drawing, encoded, noise, with_corrupt_exif
 
 
 async def test_control_posts_the_result_with_its_control_map_and_reroll_keeps_the_image(engine_client, tmp_path):
@@ -70,8 +39,8 @@ async def test_control_posts_the_result_with_its_control_map_and_reroll_keeps_th
         reroll = await world.bob.click(posted, label="Reroll")
         rerolled = await world.wait_job(world.job_id(reroll))
         assert rerolled.state == "done" and rerolled.kind == "control"
-        assert (rerolled.params["control_mode"], rerolled.params["control_strength"]) == ("canny", 0.7)
-        assert Path(rerolled.input_path).read_bytes() == source and rerolled.params["seed"] != 5
+        assert (rerolled.spec.control_mode, rerolled.spec.control_strength) == ("canny", 0.7)
+        assert Path(rerolled.input_path).read_bytes() == source and rerolled.spec.seed != 5
         assert len(world.bot_messages()[-1].attachments) == 2
 
         info = await world.alice.click(posted, label="Info")
@@ -94,20 +63,6 @@ async def test_an_animated_gif_uses_its_first_frame_and_says_so(engine_client, t
         assert stored.format == "PNG" and getattr(stored, "n_frames", 1) == 1
 
 
-BAD_INPUTS = [
-    ("notes.png", b"this is a text file, renamed\n" * 20, "is not an image I can read"),
-    ("paper.pdf", b"%PDF-1.7\n1 0 obj << /Type /Catalog >> endobj\n%%EOF\n", "is a PDF"),
-    ("logo.svg", b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="64"/>', "is an SVG"),
-    ("empty.png", b"", "is empty (0 bytes)"),
-    ("cut.png", encoded(noise())[:6000], "truncated or damaged"),
-    ("cut.jpg", encoded(noise((256, 256)), "JPEG", quality=95)[:5000], "truncated or damaged"),
-    ("bomb.png", declaring(8000, 8000), "declares 8000×8000 pixels (64 MP); the limit is 40 MP"),
-    ("huge.png", declaring(30000, 30000), "declares more pixels than 40 MP"),
-    ("dot.png", encoded(Image.new("RGB", (1, 1))), "1×1: too small"),
-    ("strip.png", encoded(Image.new("RGB", (8000, 50), "white")), "aspect ratio over 6:1"),
-]
-
-
 @pytest.mark.parametrize("name, data, message", BAD_INPUTS, ids=[case[0] for case in BAD_INPUTS])
 def test_bad_attachments_are_refused_with_a_specific_message(name, data, message):
     with pytest.raises(BadImage) as caught:
@@ -117,7 +72,7 @@ def test_bad_attachments_are_refused_with_a_specific_message(name, data, message
 
 async def test_bad_attachments_through_discord_are_ephemeral_and_queue_nothing(engine_client, tmp_path):
     async with discord_world(engine_client, tmp_path, inputs={"max_bytes": 20_000}) as world:
-        cases = [*BAD_INPUTS, ("big.png", encoded(noise((128, 128))), "the limit is 0.0 MB")]
+        cases = [*BAD_INPUTS, ("big.png", encoded(noise((128, 128))), "the limit is 20 kB")]
         for name, data, message in cases:
             result = await world.alice.slash(world.channel, "control", image=(name, data), prompt="a cat")
             assert result.ephemeral and message in result.response.content, (name, result.response.content)

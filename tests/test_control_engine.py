@@ -10,12 +10,10 @@ import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
 from engine.images import decode_input_image, fit_to_size, read_png_parameters
-from engine.modes import BadInput, run_image_job
-from engine.protocol import Failure, FailureKind, Job, Limits, Result, resolve_parameters
-
-
-def pixels(png: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
+from engine.jobspec import BadInput, EngineOptions, Limits, resolve
+from engine.modes import run_image_job
+from engine.protocol import Failure, FailureKind, Job, Result
+from tests.helpers import make_job, pixels
 
 
 def png_of(image: Image.Image, **save) -> bytes:
@@ -30,17 +28,18 @@ def square_drawing(size: int = 64) -> bytes:
     return png_of(image)
 
 
-def control_job(**fields) -> Job:
-    base = dict(
-        job_id="c", kind="control", prompt="a red cat", width=64, height=64, steps=2, seed=1,
-        input_image=square_drawing(), control_mode="canny", control_strength=0.8,
+def control_job(job_id: str = "c", *, input_image: bytes | None = b"", **fields) -> Job:
+    spec = dict(
+        kind="control", prompt="a red cat", width=64, height=64, steps=2, seed=1, control_mode="canny",
+        control_strength=0.8,
     )  # fmt: skip
-    return Job(**(base | fields))
+    image = square_drawing() if input_image == b"" else input_image  # b"": the default drawing
+    return make_job(job_id, input_image=image, **(spec | fields))
 
 
 def test_control_follows_the_map_and_is_deterministic(tiny_pipeline, tiny_limits):
     plain = run_image_job(
-        tiny_pipeline, Job("t", prompt="a red cat", width=64, height=64, steps=2, seed=1), tiny_limits
+        tiny_pipeline, make_job("t", prompt="a red cat", width=64, height=64, steps=2, seed=1), tiny_limits
     )
     controlled = run_image_job(tiny_pipeline, control_job(), tiny_limits)
     again = run_image_job(tiny_pipeline, control_job(), tiny_limits)
@@ -56,7 +55,7 @@ def test_control_follows_the_map_and_is_deterministic(tiny_pipeline, tiny_limits
 
 
 def test_txt2img_is_unchanged_by_the_loaded_controlnet(tiny_pipeline, tiny_limits):
-    job = Job("t", prompt="a blue dog", width=64, height=64, steps=2, seed=3)
+    job = make_job("t", prompt="a blue dog", width=64, height=64, steps=2, seed=3)
     assert tiny_pipeline.pipe.controlnet is not None
     with_controlnet = run_image_job(tiny_pipeline, job, tiny_limits).images[0]
     controlnet, tiny_pipeline.pipe.controlnet = tiny_pipeline.pipe.controlnet, None
@@ -107,7 +106,7 @@ def test_a_mode_without_weights_fails_naming_the_model_and_the_command(
     message = str(caught.value)
     assert "depth annotator" in message and "lllyasviel/Annotators" in message
     assert "dpt_hybrid-midas-501f0c75.pt" in message and "python -m engine download" in message
-    worker = Worker(None, tiny_limits, writer=None)
+    worker = Worker(EngineOptions(weights="tiny"), writer=None)  # type: ignore[arg-type]
     worker.pooled = tiny_pipeline
     failure = worker.handle(control_job(control_mode="pose"))
     assert isinstance(failure, Failure) and failure.kind == FailureKind.MISSING_WEIGHTS
@@ -128,7 +127,8 @@ def test_a_mode_without_weights_fails_naming_the_model_and_the_command(
 )
 def test_bad_control_requests_are_refused_before_any_work(fields, message):
     with pytest.raises(BadInput, match=message):
-        resolve_parameters(control_job(**fields), Limits.for_models("tiny"))
+        job = control_job(**fields)
+        resolve(job.spec, Limits.for_models("tiny"), has_input=job.input_image is not None)
 
 
 def test_an_unreadable_control_image_is_bad_input(tiny_pipeline, tiny_limits):

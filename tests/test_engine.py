@@ -7,17 +7,15 @@ import pytest
 from PIL import Image
 
 from engine.images import read_png_parameters
-from engine.modes import BadInput, run_image_job
+from engine.jobspec import BadInput, Limits, resolve
+from engine.modes import run_image_job
 from engine.protocol import Job
+from tests.helpers import make_job, pixels
+from tests.helpers import tiny_job as job
 
 
-def pixels(png: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
-
-
-def job(**fields) -> Job:
-    base = dict(job_id="t", prompt="a red cat", width=64, height=64, steps=3, seed=1)
-    return Job(**(base | fields))
+def resolved(job: Job, limits: Limits):
+    return resolve(job.spec, limits, has_input=job.input_image is not None)
 
 
 def test_same_seed_same_pixels_and_different_seed_differs(tiny_pipeline, tiny_limits):
@@ -38,12 +36,10 @@ def test_base_and_turbo_run_different_dits(tiny_pipeline, tiny_limits):
 
 
 def test_model_defaults_turbo_8_cfg_1_base_30_cfg_4(tiny_pipeline, tiny_limits):
-    from engine.modes import resolve_parameters
-
-    turbo = resolve_parameters(Job("d", prompt="x", width=64, height=64), tiny_limits)
-    base = resolve_parameters(Job("d", prompt="x", width=64, height=64, model="base"), tiny_limits)
-    assert (turbo["steps"], turbo["cfg"]) == (8, 1.0)
-    assert (base["steps"], base["cfg"]) == (30, 4.0)
+    turbo = resolved(make_job("d", prompt="x", width=64, height=64), tiny_limits)
+    base = resolved(make_job("d", prompt="x", width=64, height=64, model="base"), tiny_limits)
+    assert (turbo.steps, turbo.cfg) == (8, 1.0)
+    assert (base.steps, base.cfg) == (30, 4.0)
 
 
 def test_base_honours_the_negative_prompt(tiny_pipeline, tiny_limits):
@@ -71,7 +67,7 @@ def test_count_uses_consecutive_seeds_and_progress_counts_every_step(tiny_pipeli
     result = run_image_job(
         tiny_pipeline, job(count=2, seed=10, steps=3, preview_every=1), tiny_limits, lambda *e: events.append(e)
     )
-    assert result.parameters["seeds"] == [10, 11]
+    assert result.spec.seeds == [10, 11]
     assert [read_png_parameters(png)["seed"] for png in result.images] == [10, 11]
     assert [(step, total) for step, total, _ in events] == [(i, 6) for i in range(1, 7)]
     preview = events[0][2]
@@ -115,13 +111,11 @@ def test_bad_input_is_refused_with_a_clear_message(tiny_pipeline, tiny_limits, f
 
 
 def test_real_limits_require_at_least_512_and_cap_megapixels():
-    from engine.modes import Limits, resolve_parameters
-
     with pytest.raises(BadInput, match="outside 512-2048"):
-        resolve_parameters(job(width=256, height=1024), Limits())
+        resolved(job(width=256, height=1024), Limits())
     with pytest.raises(BadInput, match="2.4 MP; the limit is 2.0 MP"):
-        resolve_parameters(job(width=1536, height=1536), Limits(max_pixels=2_000_000))
-    assert resolve_parameters(job(width=1024, height=1024), Limits())["width"] == 1024
+        resolved(job(width=1536, height=1536), Limits(max_pixels=2_000_000))
+    assert resolved(job(width=1024, height=1024), Limits()).width == 1024
 
 
 def test_tiny_weights_are_the_same_on_every_build(tiny_pipeline, tmp_path):

@@ -1,20 +1,23 @@
 """LoRAs through the real pipeline: hot-loaded for one job, gone after it, checked before use."""
 
 import io
+from dataclasses import replace
 
 import pytest
 from PIL import Image
 
 from engine.images import read_png_parameters
-from engine.modes import BadInput, run_image_job
-from tests.test_engine import job, pixels
+from engine.jobspec import BadInput
+from engine.modes import run_image_job
+from tests.helpers import pixels
+from tests.helpers import tiny_job as job
 
 
 def test_a_lora_changes_the_image_for_its_job_only(tiny_pipeline, tiny_limits, tiny_loras):
     plain = pixels(run_image_job(tiny_pipeline, job(), tiny_limits).images[0])
     styled = run_image_job(tiny_pipeline, job(lora="tiny-style", lora_strength=1.0), tiny_limits)
     assert abs(pixels(styled.images[0]) - plain).mean() > 1
-    assert styled.parameters["lora"] == "tiny-style" and styled.parameters["lora_strength"] == 1.0
+    assert styled.spec.lora == "tiny-style" and styled.spec.lora_strength == 1.0
     assert read_png_parameters(styled.images[0])["lora"] == "tiny-style"
     assert "LoRA: tiny-style 1" in Image.open(io.BytesIO(styled.images[0])).text["parameters"]
     # Hot-loaded, never fused: the next job without it gets exactly the pixels it got before.
@@ -25,7 +28,7 @@ def test_a_lora_changes_the_image_for_its_job_only(tiny_pipeline, tiny_limits, t
     half = pixels(run_image_job(tiny_pipeline, job(lora="tiny-style", lora_strength=0.3), tiny_limits).images[0])
     assert 0 < abs(half - plain).mean() < abs(pixels(styled.images[0]) - plain).mean()
     base = run_image_job(tiny_pipeline, job(model="base", lora="tiny-style"), tiny_limits)  # the Base DiT too
-    assert base.parameters["model"] == "base"
+    assert base.spec.model == "base"
 
 
 @pytest.mark.parametrize(
@@ -70,7 +73,9 @@ def test_community_key_layouts_give_the_same_image(tiny_pipeline, tiny_limits, t
         split[f"layers.0.attention.{projection}.lora_A.weight"] = down.clone()  # a file stores each once
         up = fused["diffusion_model.layers.0.attention.qkv.lora_B.weight"][64 * index : 64 * (index + 1)]
         split[f"layers.0.attention.{projection}.lora_B.weight"] = up.contiguous()
-    monkeypatch.setattr(tiny_pipeline.options, "lora_dir", str(tmp_path))  # the shared folder stays as it is
+    monkeypatch.setattr(
+        tiny_pipeline, "options", replace(tiny_pipeline.options, lora_dir=str(tmp_path))
+    )  # the shared folder stays as it is
     layouts = {"tiny-style": canonical, "as-diffusers": diffusers, "as-kohya": kohya, "fused": fused, "split": split}
     for name, tensors in layouts.items():
         save_file(tensors, tmp_path / f"{name}.safetensors")

@@ -3,7 +3,9 @@ import io
 import pytest
 
 from engine import protocol
-from engine.protocol import Failure, FailureKind, Job, Progress, Result
+from engine.jobspec import JobKind, JobSpec, Limits
+from engine.protocol import Failure, FailureKind, Job, Progress, Ready, Result
+from tests.helpers import make_job
 
 
 def roundtrip(message):
@@ -11,15 +13,18 @@ def roundtrip(message):
 
 
 def test_job_with_image_bytes_roundtrips():
-    job = Job("j1", kind="img2img", prompt="a cat", input_image=b"\x89PNG" + bytes(range(256)) * 40, seed=7)
+    job = make_job("j1", kind=JobKind.IMG2IMG, prompt="a cat", input_image=b"\x89PNG" + bytes(range(256)) * 40, seed=7)
     assert roundtrip(job) == job
+    assert isinstance(roundtrip(job).spec, JobSpec)
 
 
 def test_result_with_several_images_and_nested_parameters_roundtrips():
     result = Result(
-        "j2", images=[b"one", b"two" * 1000], parameters={"seeds": [1, 2], "model": "turbo"}, timings={"total": 1.5}
+        "j2", images=[b"one", b"two" * 1000], spec=JobSpec(prompt="x", seed=1, count=2), timings={"total": 1.5}
     )
     assert roundtrip(result) == result
+    ready = Ready("cpu", "tiny", Limits.for_models("tiny"), control_modes=["canny"])
+    assert roundtrip(ready) == ready and roundtrip(ready).limits.min_side == 64
 
 
 def test_progress_and_failure_roundtrip():
@@ -36,15 +41,15 @@ def test_stream_of_frames_then_clean_end():
 
 
 def test_truncated_frame_is_an_error_not_a_hang():
-    frame = protocol.encode(Job("x", prompt="p", input_image=b"12345678"))
+    frame = protocol.encode(Job("x", JobSpec(prompt="p"), input_image=b"12345678"))
     with pytest.raises(protocol.ProtocolError):
         protocol.read_message(io.BytesIO(frame[:-3]))
 
 
-def test_protocol_module_imports_nothing_heavy():
+def test_protocol_and_jobspec_import_nothing_heavy():
     import subprocess
     import sys
 
-    code = "import sys, engine.protocol; print(sorted(m for m in ('torch', 'diffsynth', 'PIL') if m in sys.modules))"
+    code = "import sys, engine.protocol, engine.jobspec; print(sorted(m for m in ('torch', 'diffsynth', 'PIL') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

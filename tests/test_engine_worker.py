@@ -11,11 +11,11 @@ from PIL import Image
 
 from bot.engine_client import EngineClient, EngineDead, EngineUnavailable
 from engine.images import read_png_parameters
-from engine.protocol import Failure, FailureKind, Job, Result
+from engine.jobspec import EngineOptions
+from engine.protocol import Failure, FailureKind, Result
+from tests.helpers import tiny_job
 
-
-def tiny_job(job_id: str, **fields) -> Job:
-    return Job(**(dict(job_id=job_id, prompt="a red cat", width=64, height=64, steps=3, seed=1) | fields))
+TINY = EngineOptions(weights="tiny", device="cpu")
 
 
 async def test_worker_runs_three_jobs_in_a_row_with_progress(engine_client):
@@ -74,7 +74,8 @@ def _fail_on_progress(progress):
 
 async def test_an_engine_that_keeps_failing_to_start_is_given_up_with_a_clear_message():
     # An engine that dies before it is ready (here: an option it does not know) is not restarted forever.
-    client = EngineClient("tiny", device="cpu", restart_backoff=(0.01,), max_failed_starts=2, extra_args=["--bogus"])
+    bogus = [sys.executable, "-m", "engine", "serve", "--options", "{}", "--bogus"]
+    client = EngineClient(TINY, restart_backoff=(0.01,), max_failed_starts=2, command=bogus)
     await client.start()
     with pytest.raises(EngineUnavailable, match="failed to start 2 times in a row"):
         await client.wait_ready(timeout=60)
@@ -83,7 +84,8 @@ async def test_an_engine_that_keeps_failing_to_start_is_given_up_with_a_clear_me
 
 
 async def test_missing_weights_is_fatal_with_a_clear_message(tmp_path):
-    client = EngineClient("zimage", device="cpu", env={"HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"})
+    real = EngineOptions(weights="zimage", device="cpu")
+    client = EngineClient(real, env={"HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"})
     await client.start()
     with pytest.raises(EngineUnavailable, match="python -m engine download"):
         await client.wait_ready(timeout=60)
@@ -131,7 +133,7 @@ def test_an_unrecoverable_gpu_error_ends_the_engine_without_an_answer(tiny_limit
             raise torch.AcceleratorError("CUDA error: an illegal memory access was encountered")
 
     frames = io.BytesIO()
-    worker = Worker(options=None, limits=tiny_limits, writer=FrameWriter(frames))
+    worker = Worker(TINY, writer=FrameWriter(frames))
     worker.pooled = DeadGpuPipeline()
     worker.jobs.put(tiny_job("breaks-the-gpu"))
     worker.jobs.put(tiny_job("never-started"))
@@ -156,7 +158,7 @@ def test_out_of_memory_answers_with_a_hint_and_the_worker_keeps_serving(tiny_lim
             raise torch.AcceleratorError("CUDA error: out of memory")  # what cuBLAS/cuDNN raise instead
 
     frames = io.BytesIO()
-    worker = Worker(options=None, limits=tiny_limits, writer=FrameWriter(frames))
+    worker = Worker(TINY, writer=FrameWriter(frames))
     worker.pooled = FullGpuPipeline()
     for job_id in ("too-big", "next"):
         worker.jobs.put(tiny_job(job_id, count=2))
@@ -176,7 +178,7 @@ def test_a_cancel_that_arrives_before_its_job_starts_is_kept_and_a_stray_one_ign
     from engine.protocol import Cancel, encode
     from engine.worker import FrameWriter, Worker
 
-    worker = Worker(options=None, limits=tiny_limits, writer=FrameWriter(io.BytesIO()))
+    worker = Worker(TINY, writer=FrameWriter(io.BytesIO()))
     frames = encode(tiny_job("queued")) + encode(Cancel("queued")) + encode(Cancel("answered-long-ago"))
     worker.read_forever(io.BytesIO(frames))  # the reader thread's loop, up to end of stream
     assert worker.cancelled == {"queued"}

@@ -31,13 +31,13 @@ def full_pipeline():
 @pytest.mark.parametrize(("model", "steps", "cfg"), [("turbo", 8, 1.0), ("base", 10, 4.0)])
 def test_full_size_1024_image(full_pipeline, model, steps, cfg):
     from engine.images import read_png_parameters
-    from engine.modes import Limits, run_image_job
+    from engine.jobspec import JobSpec, Limits
+    from engine.modes import run_image_job
     from engine.protocol import Job
     from engine.random_full import BENCH_PROMPT
 
     events = []
-    job = Job(
-        job_id=f"smoke-{model}",
+    spec = JobSpec(
         prompt=BENCH_PROMPT,
         negative_prompt="blurry",
         model=model,
@@ -47,6 +47,7 @@ def test_full_size_1024_image(full_pipeline, model, steps, cfg):
         cfg=cfg,
         seed=42,
     )
+    job = Job(f"smoke-{model}", spec)
     result = run_image_job(full_pipeline, job, Limits(), lambda step, total, _: events.append((step, total)))
 
     assert full_pipeline.pipe.dit is full_pipeline.dits[model]

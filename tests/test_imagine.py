@@ -5,7 +5,7 @@ import io
 import pytest
 from PIL import Image
 
-from tests.discord_harness import discord_world
+from tests.helpers import discord_world
 
 
 def png_parameters(data: bytes) -> str:
@@ -46,13 +46,13 @@ async def test_reroll_vary_info_and_delete_buttons(engine_client, tmp_path):
         reroll = await world.bob.click(original, label="Reroll")
         assert not reroll.ephemeral and any(text.startswith("Reroll queued") for text in world.contents_sent())
         reroll_job = await world.wait_job(world.job_id(reroll))
-        assert reroll_job.state == "done" and reroll_job.params["seed"] != 7 and reroll_job.user_id == world.bob.id
-        assert reroll_job.params["prompt"] == "a blue dog"
+        assert reroll_job.state == "done" and reroll_job.spec.seed != 7 and reroll_job.user_id == world.bob.id
+        assert reroll_job.spec.prompt == "a blue dog"
 
         vary = await world.alice.click(original, label="Vary")
         vary_job = await world.wait_job(world.job_id(vary))
-        assert vary_job.state == "done" and vary_job.kind == "img2img" and vary_job.params["denoise"] == 0.6
-        assert vary_job.params["seed"] != 7
+        assert vary_job.state == "done" and vary_job.kind == "img2img" and vary_job.spec.denoise == 0.6
+        assert vary_job.spec.seed != 7
 
         info = await world.bob.click(original, label="Info")
         assert info.ephemeral
@@ -80,7 +80,7 @@ async def test_count_four_posts_a_grid_with_v_buttons(engine_client, tmp_path):
         assert [r.seed for r in results] == [3, 4, 5, 6]
         v3 = await world.alice.click(posted, label="V3")
         varied = await world.wait_job(world.job_id(v3))
-        assert varied.state == "done" and varied.params["source"] == [job_id, 2]
+        assert varied.state == "done" and (varied.extras.source_job, varied.extras.source_index) == (job_id, 2)
 
 
 @pytest.mark.parametrize(
@@ -167,7 +167,7 @@ async def test_imagine_with_a_lora_offers_applies_shows_and_keeps_it(engine_clie
         assert "cfg:1.0 lora:tiny-style lora_strength:0.5\n" in reproduce
         reroll = await world.alice.click(posted, label="Reroll")  # a reroll keeps the LoRA
         rerolled = await world.wait_job(world.job_id(reroll))
-        assert rerolled.state == "done" and rerolled.params["lora"] == "tiny-style"
+        assert rerolled.state == "done" and rerolled.spec.lora == "tiny-style"
 
         unknown, none_queued = await world.imagine(world.alice, prompt="a cat", lora="nope")
         assert unknown.ephemeral and none_queued is None

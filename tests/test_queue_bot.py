@@ -1,6 +1,6 @@
 """The queue through the real bot: fairness, caps, cancel, restart and engine crash recovery."""
 
-from tests.discord_harness import discord_world
+from tests.helpers import discord_world
 
 
 async def test_fair_order_a_queues_three_b_queues_one_and_runs_second(engine_client, tmp_path):

@@ -1,4 +1,4 @@
-"""ruff format and ruff check are part of the suite, so CI keeps the code clean."""
+"""ruff format, ruff check and mypy are part of the suite, so CI keeps the code clean."""
 
 import shutil
 import subprocess
@@ -15,4 +15,12 @@ RUFF = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.whi
 @pytest.mark.parametrize("command", [["check", "."], ["format", "--check", "."]])
 def test_ruff(command):
     run = subprocess.run([RUFF, *command], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+MYPY_PATHS = ["bot", "cogs", "engine/protocol.py", "engine/jobspec.py"]
+
+
+def test_mypy_on_the_bot_and_the_shared_contract():
+    run = subprocess.run([sys.executable, "-m", "mypy", *MYPY_PATHS], cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr

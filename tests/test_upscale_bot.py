@@ -7,10 +7,11 @@ import pytest
 import simcord
 from PIL import Image
 
-from bot.jobs import JobRequest, Refused
+from bot.errors import Refused
 from bot.render import fit_upload
-from tests.discord_harness import JOB_ID, discord_world
-from tests.test_control_bot import BAD_INPUTS, encoded, noise
+from bot.submit import JobRequest
+from engine.jobspec import JobKind, JobSpec
+from tests.helpers import BAD_INPUTS, JOB_ID, discord_world, encoded, noise
 
 
 def fields_of(message) -> dict[str, str]:
@@ -24,7 +25,7 @@ async def test_slash_upscale_and_the_message_menu(engine_client, tmp_path):
         assert not result.ephemeral and queued.startswith("Upscale x4 queued — position 1")
         job = await world.wait_job(JOB_ID.search(queued).group(1))
         assert job.state == "done", job.error
-        assert job.kind == "upscale" and job.params["scale"] == 4 and not job.params["refine"]
+        assert job.kind == "upscale" and job.spec.scale == 4 and not job.spec.refine
         posted = world.bot_messages()[-1]
         upscaled = Image.open(io.BytesIO(await posted.attachments[0].read()))
         assert upscaled.size == (96, 80) and posted.attachments[0].filename.endswith(".png")
@@ -61,9 +62,12 @@ async def test_upscale_buttons_enqueue_the_exact_stored_image(engine_client, tmp
         assert upscale.state == "done", upscale.error
         stored = await world.bot.store.results_for(job_id)
         assert open(upscale.input_path, "rb").read() == open(stored[1].path, "rb").read()
-        assert upscale.params["source"] == [job_id, 1] and upscale.params["prompt"] == "a cat"
+        assert (upscale.extras.source_job, upscale.extras.source_index) == (
+            job_id,
+            1,
+        ) and upscale.spec.prompt == "a cat"
         out = Image.open(io.BytesIO(await world.bot_messages()[-1].attachments[0].read()))
-        assert out.size == (stored[1].parameters["width"] * 4, stored[1].parameters["height"] * 4)
+        assert out.size == (stored[1].spec.width * 4, stored[1].spec.height * 4)
 
 
 async def test_buttons_and_the_menu_fall_back_to_x2_where_x4_would_pass_the_output_cap(engine_client, tmp_path):
@@ -72,7 +76,7 @@ async def test_buttons_and_the_menu_fall_back_to_x2_where_x4_would_pass_the_outp
         _, job_id = await world.imagine(world.alice, prompt="a wide cat", aspect="16:9", steps=1)
         await world.wait_job(job_id)
         wide = await world.bot.store.results_for(job_id)
-        width, height = wide[0].parameters["width"], wide[0].parameters["height"]
+        width, height = wide[0].spec.width, wide[0].spec.height
         assert width * 4 > 400 >= width * 2  # x4 would not fit; x2 does
         before = len(world.contents_sent())
         await world.alice.click(world.bot_messages()[-1], label="Upscale")
@@ -94,19 +98,19 @@ async def test_bad_upscale_requests_are_ephemeral_and_queue_nothing(engine_clien
     async with discord_world(engine_client, tmp_path, inputs={"max_bytes": 20_000}, upscale={"max_side": 128}) as world:
         cases = [
             *BAD_INPUTS,
-            ("big.png", encoded(noise((128, 128))), "the limit is 0.0 MB"),
+            ("big.png", encoded(noise((128, 128))), "the limit is 20 kB"),
             ("wide.png", encoded(noise((40, 30))), "largest input for x4 is 32x32 pixels (or try x2)"),
         ]
         for name, data, message in cases:
             result = await world.alice.slash(world.channel, "upscale", image=(name, data))
-            assert result.ephemeral and message in result.response.content, (name, result.response.content)
+            assert result.ephemeral and message in result.response.content, (name, result)
         ok = encoded(noise((20, 20)))
         with pytest.raises(simcord.OptionError, match="only allows"):  # Discord itself offers x2 and x4 only
             await world.alice.slash(world.channel, "upscale", image=("ok.png", ok), scale=3)
         # ... and a stale command registration that sends another scale meets the bot's own check.
-        params = {"scale": 3, "refine": False, "width": 20, "height": 20, "model": "turbo", "count": 1}
+        spec = JobSpec(kind=JobKind.UPSCALE, scale=3, input_width=20, input_height=20)
         with pytest.raises(Refused, match="Scale must be 2 or 4; got 3"):
-            await world.bot.jobs.submit(JobRequest(None, world.channel.id, world.alice.id, "upscale", params, ok))
+            await world.bot.jobs.submit(JobRequest(None, world.channel.id, world.alice.id, spec, input_image=ok))
         assert len(world.bot.jobs.queue) == 0
         assert await world.bot.store.jobs_in_state("queued", "running", "done", "failed") == []
 

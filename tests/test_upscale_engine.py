@@ -8,9 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
+from engine.jobspec import BadInput, EngineOptions, JobKind, JobSpec, Limits
+from engine.jobspec import resolve as resolve_spec
 from engine.models import TINY_UPSCALER_COMPONENT, Component
-from engine.options import EngineOptions
-from engine.protocol import BadInput, Job, JobKind, Limits, resolve_parameters
+from tests.helpers import make_job
 
 
 def noise_image(width: int, height: int, seed: int = 0) -> Image.Image:
@@ -87,7 +88,7 @@ def test_feathered_tiles_blend_back_to_the_input():
         return input_image
 
     steps = []
-    params = {"prompt": "", "cfg": 1.0, "denoise": 0.3, "seed": 1, "steps": 2}
+    params = JobSpec(prompt="", cfg=1.0, denoise=0.3, seed=1, steps=2)
     out = refine_tiles(identity_pipe, image, params, tile=64, overlap=16, on_step=lambda: steps.append(1))
     assert np.abs(np.asarray(out, dtype=int) - np.asarray(image, dtype=int)).max() <= 1
     assert set(calls) == {(64, 64)} and len(calls) == 3 * 2 and len(steps) == 12
@@ -103,13 +104,13 @@ def test_refine_pass_with_the_tiny_pipeline(tiny_pipeline, tiny_limits):
     from engine.upscale import run_upscale_job
 
     source = png_bytes(noise_image(24, 24, seed=2))
-    options = EngineOptions(models="tiny")
-    job = Job("up1", kind=JobKind.UPSCALE, input_image=source, scale=4, refine=True, denoise=0.3, seed=5)
+    options = EngineOptions(weights="tiny")
+    job = make_job("up1", kind=JobKind.UPSCALE, input_image=source, scale=4, refine=True, denoise=0.3, seed=5)
     progress = []
     result = run_upscale_job(tiny_pipeline, job, tiny_limits, options, lambda s, t, _: progress.append((s, t)))
-    params = result.parameters
-    assert (params["input_width"], params["input_height"], params["width"], params["height"]) == (24, 24, 96, 96)
-    assert params["scale"] == 4 and params["refine"] and params["denoise"] == 0.3 and params["steps"] == 2
+    spec = result.spec
+    assert (spec.input_width, spec.input_height, spec.width, spec.height) == (24, 24, 96, 96)
+    assert spec.scale == 4 and spec.refine and spec.denoise == 0.3 and spec.steps == 2
     refined = Image.open(io.BytesIO(result.images[0]))
     assert refined.size == (96, 96)
     assert json.loads(refined.text["zimage"])["refine"] is True
@@ -121,7 +122,9 @@ def test_refine_pass_with_the_tiny_pipeline(tiny_pipeline, tiny_limits):
     assert progress[-1] == (9, 9) and len(progress) == 9
     assert {"upscale", "refine", "total"} <= result.timings.keys()
 
-    plain = run_upscale_job(tiny_pipeline, Job("up2", kind=JobKind.UPSCALE, input_image=source), tiny_limits, options)
+    plain = run_upscale_job(
+        tiny_pipeline, make_job("up2", kind=JobKind.UPSCALE, input_image=source), tiny_limits, options
+    )
     unrefined = np.asarray(Image.open(io.BytesIO(plain.images[0])), dtype=int)
     assert np.abs(unrefined - np.asarray(refined.convert("RGB"), dtype=int)).mean() > 1  # the pass changed pixels
 
@@ -129,10 +132,11 @@ def test_refine_pass_with_the_tiny_pipeline(tiny_pipeline, tiny_limits):
 def test_bounds_and_bad_requests_are_refused_with_the_largest_input():
     limits = Limits()
 
-    def resolve(**fields):
-        return resolve_parameters(Job("x", kind=JobKind.UPSCALE, input_image=b"img", **fields), limits)
+    def resolve(width: int, height: int, **fields) -> JobSpec:
+        spec = JobSpec(kind=JobKind.UPSCALE, input_width=width, input_height=height, **fields)
+        return resolve_spec(spec, limits, has_input=True)
 
-    assert resolve(width=1024, height=768, scale=4)["width"] == 4096
+    assert resolve(width=1024, height=768, scale=4).width == 4096
     with pytest.raises(BadInput, match=r"largest input for x4 is 1024x1024 pixels \(or try x2\)"):
         resolve(width=1025, height=600, scale=4)
     with pytest.raises(BadInput, match="largest input for x2 is 2048x2048"):
@@ -144,9 +148,10 @@ def test_bounds_and_bad_requests_are_refused_with_the_largest_input():
     with pytest.raises(BadInput, match="Refine strength"):
         resolve(width=64, height=64, refine=True, denoise=0.9)
     with pytest.raises(BadInput, match="no image"):
-        resolve_parameters(Job("x", kind=JobKind.UPSCALE, width=64, height=64), limits)
+        resolve_spec(JobSpec(kind=JobKind.UPSCALE, input_width=64, input_height=64), limits, has_input=False)
     again = resolve(width=64, height=64, refine=True, denoise=0.3, seed=9)
-    assert again == resolve(width=64, height=64, refine=True, denoise=0.3, seed=9, steps=again["steps"])
+    assert again == resolve(width=64, height=64, refine=True, denoise=0.3, seed=9, steps=again.steps)
+    assert resolve_spec(again, limits) == again  # resolving is idempotent
 
 
 def test_cli_upscale_writes_the_png(tmp_path, capsys):

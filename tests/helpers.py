@@ -1,18 +1,26 @@
-"""An offline Discord (simcord) around the real bot, with the real tiny engine process."""
+"""What the tests share: an offline Discord (simcord) around the real bot with the real tiny
+engine process, engine jobs built from spec fields, and test images (good and bad)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 import re
+import struct
+import zlib
 from pathlib import Path
 
+import numpy as np
 import simcord
+from PIL import Image, ImageDraw
 
 from bot import create_bot
 from bot.config import parse_config
 from bot.store import JobStore
+from engine.jobspec import JobSpec
+from engine.protocol import Job
 
 JOB_ID = re.compile(r"job `([0-9a-f]+)`")
 # The LoRA folder of the test engine process (conftest sets the cache folder; `tiny_loras` fills it).
@@ -133,3 +141,67 @@ async def discord_world(engine, data_dir: Path, **sections):
         await env.shutdown()
         for opened in world.stores:
             await opened.close()
+
+
+# -- engine jobs --------------------------------------------------------------------------------
+
+
+def make_job(job_id: str = "t", *, input_image: bytes | None = None, preview_every: int = 0, **spec) -> Job:
+    """A protocol Job whose spec has `spec`'s fields (kind, prompt, width, ...)."""
+    return Job(job_id, JobSpec(**spec), input_image, preview_every)
+
+
+def tiny_job(job_id: str = "t", *, input_image: bytes | None = None, preview_every: int = 0, **fields) -> Job:
+    """A small, fast txt2img job for the tiny model (64x64, 3 steps, seed 1) with `fields` changed."""
+    spec = {"prompt": "a red cat", "width": 64, "height": 64, "steps": 3, "seed": 1} | fields
+    return make_job(job_id, input_image=input_image, preview_every=preview_every, **spec)
+
+
+def pixels(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
+
+
+# -- images -------------------------------------------------------------------------------------
+
+
+def encoded(image: Image.Image, fmt: str = "PNG", **save) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **save)
+    return buffer.getvalue()
+
+
+def drawing(size=(64, 64)) -> Image.Image:
+    image = Image.new("RGB", size, "white")
+    ImageDraw.Draw(image).ellipse((12, 12, size[0] - 12, size[1] - 12), outline="black", width=3)
+    return image
+
+
+def noise(size=(64, 64)) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(1).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+
+def declaring(width: int, height: int) -> bytes:
+    """A small real PNG whose header claims width x height: a decompression bomb's shape."""
+    data = bytearray(encoded(drawing()))
+    data[16:24] = struct.pack(">II", width, height)  # IHDR data follows the signature, length and type
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+def with_corrupt_exif(jpeg: bytes) -> bytes:
+    garbage = b"Exif\x00\x00II*\x00\xff\xff\xff\x7f" + b"\xde\xad" * 20  # IFD offset far past the end
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(garbage) + 2) + garbage + jpeg[2:]
+
+
+BAD_INPUTS = [
+    ("notes.png", b"this is a text file, renamed\n" * 20, "is not an image I can read"),
+    ("paper.pdf", b"%PDF-1.7\n1 0 obj << /Type /Catalog >> endobj\n%%EOF\n", "is a PDF"),
+    ("logo.svg", b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="64"/>', "is an SVG"),
+    ("empty.png", b"", "is empty (0 bytes)"),
+    ("cut.png", encoded(noise())[:6000], "truncated or damaged"),
+    ("cut.jpg", encoded(noise((256, 256)), "JPEG", quality=95)[:5000], "truncated or damaged"),
+    ("bomb.png", declaring(8000, 8000), "declares 8000×8000 pixels (64 MP); the limit is 40 MP"),
+    ("huge.png", declaring(30000, 30000), "declares more pixels than 40 MP"),
+    ("dot.png", encoded(Image.new("RGB", (1, 1))), "1×1: too small"),
+    ("strip.png", encoded(Image.new("RGB", (8000, 50), "white")), "aspect ratio over 6:1"),
+]

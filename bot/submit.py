@@ -1,0 +1,116 @@
+"""One submission path for every command and button: guild rules, the queue, one acknowledgement.
+
+`enqueue` checks the guild's policy, queues the job and answers the interaction exactly once:
+an ephemeral refusal, or the public "queued — position, ETA" status message that progress
+edits later (with the bot token: interaction tokens die after 15 minutes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, cast
+
+import discord
+
+from bot.errors import Refused
+from bot.status_view import status_view
+from bot.store import JobExtras
+from engine.jobspec import JobKind, JobSpec
+
+if TYPE_CHECKING:
+    from bot.bot import ZImageBot
+
+
+NO_EXTRAS = JobExtras()
+
+
+@dataclass
+class JobRequest:
+    guild_id: int | None
+    channel_id: int
+    user_id: int
+    spec: JobSpec
+    extras: JobExtras = NO_EXTRAS
+    input_image: bytes | None = None
+    user_cap: int | None = None  # queued jobs this member may have; None: the operator's per-user cap
+
+
+def bot_of(interaction: discord.Interaction) -> ZImageBot:
+    return cast("ZImageBot", interaction.client)
+
+
+async def refuse(interaction: discord.Interaction, text: str) -> None:
+    """An ephemeral refusal, whether or not the interaction was deferred first."""
+    if interaction.response.is_done():
+        await interaction.followup.send(text, ephemeral=True)
+    else:
+        await interaction.response.send_message(text, ephemeral=True)
+
+
+def upscale_scale(size: tuple[int, int], cap: int) -> tuple[int, str | None]:
+    """Buttons and the menu ask for no scale: x4, or x2 where x4 would pass the output cap."""
+    if max(size) * 4 > cap >= max(size) * 2:
+        return 2, f"x2, since x4 would be larger than {cap} pixels."
+    return 4, None
+
+
+async def enqueue(
+    interaction: discord.Interaction,
+    command: str,
+    spec: JobSpec,
+    label: str,
+    notes: Sequence[str] = (),
+    *,
+    extras: JobExtras = NO_EXTRAS,
+    input_image: bytes | None = None,
+) -> None:
+    """Check, queue and acknowledge a job: `label` starts the public message ("Queued", "Reroll queued")."""
+    bot = bot_of(interaction)
+    try:
+        admitted = await bot.policy.check(interaction, command, spec)
+        request = JobRequest(
+            interaction.guild_id, interaction.channel_id or 0, interaction.user.id, admitted.spec,
+            replace(extras, spoiler=admitted.spoiler), input_image, admitted.user_cap,
+        )  # fmt: skip
+        submitted = await bot.jobs.submit(request)
+    except Refused as exc:
+        await refuse(interaction, str(exc))
+        return
+    text = f"{label} — position {submitted.position}, ETA {submitted.eta} (job `{submitted.job.id}`)"
+    await post_queued(interaction, text + "".join(f"\n{note}" for note in notes), submitted.job.id)
+
+
+async def enqueue_upscale(
+    interaction: discord.Interaction,
+    image: bytes,
+    size: tuple[int, int],
+    spec: JobSpec,
+    notes: Sequence[str] = (),
+    *,
+    auto_scale: bool = False,
+    extras: JobExtras = NO_EXTRAS,
+) -> None:
+    """/upscale, the "Upscale image" menu and the Upscale buttons; `auto_scale` picks x4 or x2."""
+    notes = list(notes)
+    if auto_scale:
+        scale, note = upscale_scale(size, bot_of(interaction).jobs.limits.max_upscale_side)
+        spec = replace(spec, scale=scale)
+        notes += [note] if note else []
+    spec = replace(spec, kind=JobKind.UPSCALE, input_width=size[0], input_height=size[1], count=1)
+    label = f"Upscale x{spec.scale}{' + refine' if spec.refine else ''} queued"
+    await enqueue(interaction, "upscale", spec, label, notes, extras=extras, input_image=image)
+
+
+async def post_queued(interaction: discord.Interaction, text: str, job_id: str) -> None:
+    """The public status message of a queued job (progress edits go to it, with the bot token)."""
+    if interaction.response.is_done():
+        # Deferred privately while a large attachment downloaded: the status goes to the channel.
+        channel = interaction.channel
+        assert isinstance(channel, discord.abc.Messageable)
+        message = await channel.send(f"<@{interaction.user.id}> {text}", view=status_view(job_id))
+        await interaction.followup.send(f"Queued: {message.jump_url}", ephemeral=True)
+    else:
+        await interaction.response.send_message(text, view=status_view(job_id))
+        message = await interaction.original_response()
+    await bot_of(interaction).jobs.set_status_message(job_id, message.id)
