@@ -58,6 +58,7 @@ class Progress:
     step: int  # 1-based step just finished, over all images of the job
     total: int  # steps of all images of the job together
     preview_jpeg: bytes | None = None  # small, cheap latent->RGB approximation, no VAE
+    preview_nsfw: float | None = None  # the NSFW classifier's score of the preview; None: not screened
 
 
 @dataclass
@@ -67,6 +68,7 @@ class Result:
     spec: JobSpec  # the resolved spec: what was actually used (model, steps, cfg, size, seed, ...)
     timings: dict[str, float]  # seconds per stage: text_encode, denoise, vae_decode, total, ...
     extra_images: dict[str, bytes] = field(default_factory=dict)  # e.g. {"control_map": PNG}
+    nsfw_scores: list[float] = field(default_factory=list)  # one per image, 0-1; empty: not screened
 
 
 @dataclass
@@ -82,6 +84,7 @@ class Ready:
     weights: str  # "zimage" or "tiny"
     limits: Limits  # the bounds this engine enforces; the bot checks requests against them
     control_modes: list[str] = field(default_factory=list)  # the /control modes this engine can run now
+    nsfw_screening: bool = False  # results and previews carry NSFW scores
     protocol: int = PROTOCOL_VERSION
 
 
