@@ -182,21 +182,24 @@ def cmd_upscale(args) -> int:
     return 0
 
 
-def cmd_download(args) -> int:
+def download_components(controlnet_file: str):
+    """What `download` fetches: the pipeline's files and the lazily loaded annotators and upscaler."""
     from engine import models
-    from engine.models import MissingWeightsError, components_for, download, resolve
 
-    extra = models.ANNOTATOR_COMPONENTS + (models.UPSCALER_COMPONENT,)  # lazily loaded, fetched all the same
+    extra = models.ANNOTATOR_COMPONENTS + (models.UPSCALER_COMPONENT,)
+    return models.components_for("zimage", controlnet_file) + extra
 
-    components = components_for("zimage", args.controlnet_file)
+
+def cmd_download(args) -> int:
+    from engine.models import MissingWeightsError, download, resolve
+
+    components = download_components(args.controlnet_file)
     if args.if_missing:
         try:
-            resolve("zimage", components)
-            resolve("zimage", extra)
+            resolve("zimage", components)  # every shard of every sharded folder, not just one
             return 0
         except MissingWeightsError:
             pass
-    components += extra
     total = sum(c.size_gb for c in components)
     print(f"Downloading Z-Image weights (~{total:.0f} GB) into the Hugging Face cache; re-run to resume.")
     try:

@@ -9,6 +9,7 @@ The tiny model has the same shape of manifest, pointing at files `engine/tiny.py
 from __future__ import annotations
 
 import glob
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,9 @@ class Component:
     state_dict_converter: str | None = None
     description: str = ""
     size_gb: float = 0.0  # rough download size, shown by `download`
+    # The shard index of a sharded folder (`<name>.safetensors.index.json`, a glob): every shard it
+    # lists must be on disk, since a strict load with one missing fails with a bare "Missing key(s)".
+    index: str | None = None
 
 
 TURBO_REPO = "Tongyi-MAI/Z-Image-Turbo"
@@ -60,18 +64,19 @@ def controlnet_component(file_name: str = "") -> Component:
 
 
 ZIMAGE_COMPONENTS: tuple[Component, ...] = (
+    # On the hub the Turbo transformer is in 3 shards, Base in 2, the text encoder in 3.
     Component(
         "dit_turbo", TURBO_REPO, "transformer/*.safetensors", "diffsynth.models.z_image_dit.ZImageDiT",
-        description="Z-Image-Turbo transformer", size_gb=12.3,
+        description="Z-Image-Turbo transformer", size_gb=12.3, index="transformer/*.safetensors.index.json",
     ),
     Component(
         "dit_base", BASE_REPO, "transformer/*.safetensors", "diffsynth.models.z_image_dit.ZImageDiT",
-        description="Z-Image Base transformer", size_gb=12.3,
+        description="Z-Image Base transformer", size_gb=12.3, index="transformer/*.safetensors.index.json",
     ),
     Component(
         "text_encoder", TURBO_REPO, "text_encoder/*.safetensors",
         "diffsynth.models.z_image_text_encoder.ZImageTextEncoder",
-        description="Qwen3-4B text encoder", size_gb=8.0,
+        description="Qwen3-4B text encoder", size_gb=8.0, index="text_encoder/*.safetensors.index.json",
     ),
     Component(
         "vae_encoder", TURBO_REPO, "vae/diffusion_pytorch_model.safetensors", "diffsynth.models.flux_vae.FluxVAEEncoder",
@@ -182,21 +187,47 @@ def resolve_annotator(mode: str) -> Path:
 
 
 def _find_cached(components: tuple[Component, ...]) -> tuple[dict[str, list[str]], list[str]]:
-    from huggingface_hub import snapshot_download
-
     resolved, missing = {}, []
     for component in components:
-        try:
-            folder = Path(
-                snapshot_download(component.repo_id, allow_patterns=[component.pattern], local_files_only=True)
-            )
+        patterns = [component.pattern] + ([component.index] if component.index else [])
+        folder = _cached_snapshot(component.repo_id, patterns)
+        if folder is None:
+            paths, absent = [], [component.pattern]
+        elif component.index:
+            paths, absent = _sharded_paths(folder, component)
+        else:
             paths = _component_paths(folder, component)
-        except Exception:  # LocalEntryNotFoundError and friends: nothing of this repo is cached
-            paths = []
-        if not paths:
-            missing.append(f"{component.description} ({component.repo_id}: {component.pattern})")
+            absent = [] if paths else [component.pattern]
+        missing.extend(f"{component.description} ({component.repo_id}: {name})" for name in absent)
         resolved.setdefault(component.slot, []).extend(paths)
     return resolved, missing
+
+
+def _cached_snapshot(repo_id: str | None, patterns: list[str]) -> Path | None:
+    """The repo's snapshot folder in the HF cache, complete or not; None when nothing of it is cached."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
+    except Exception as exc:  # LocalEntryNotFoundError: nothing cached; IncompleteSnapshotError: part of it
+        partial = getattr(exc, "snapshot_path", None)
+        return Path(partial) if partial else None
+
+
+def _sharded_paths(folder: Path, component: Component) -> tuple[list[str], list[str]]:
+    """Every shard the folder's index lists, in order, and the repo paths of those not on disk."""
+    pattern = component.index or ""
+    indexes = sorted(glob.glob(str(folder / pattern)))
+    if not indexes:  # fetched before the index was (or never): which shards belong is unknown
+        return [], [pattern]
+    index = Path(indexes[0])
+    try:
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    except (OSError, ValueError, KeyError, AttributeError) as exc:
+        return [], [f"{index.relative_to(folder)} (unreadable: {type(exc).__name__})"]
+    paths = [index.parent / shard for shard in shards]
+    absent = [str(path.relative_to(folder)) for path in paths if not path.is_file()]  # is_file follows the symlink
+    return [str(path) for path in paths], absent
 
 
 def download(components: tuple[Component, ...] | None = None) -> dict[str, str]:
@@ -206,8 +237,9 @@ def download(components: tuple[Component, ...] | None = None) -> dict[str, str]:
     by_repo: dict[str, list[str]] = {}
     for component in components or ZIMAGE_COMPONENTS:
         patterns = by_repo.setdefault(component.repo_id, [])
-        if component.pattern not in patterns:  # the VAE encoder and decoder share one file
-            patterns.append(component.pattern)
+        for pattern in (component.pattern, component.index):
+            if pattern and pattern not in patterns:  # the VAE encoder and decoder share one file
+                patterns.append(pattern)
     folders, failed = {}, []
     for repo_id, patterns in by_repo.items():
         print(f"Fetching {repo_id} ({', '.join(patterns)})", flush=True)
