@@ -64,10 +64,11 @@ def controlnet_component(file_name: str = "") -> Component:
 
 
 ZIMAGE_COMPONENTS: tuple[Component, ...] = (
-    # On the hub the Turbo transformer is in 3 shards, Base in 2, the text encoder in 3.
+    # On the hub the Turbo transformer is fp32 in 3 shards (~24.6 GB; DiffSynth casts it to bf16 on load),
+    # Base bf16 in 2, the text encoder bf16 in 3.
     Component(
         "dit_turbo", TURBO_REPO, "transformer/*.safetensors", "diffsynth.models.z_image_dit.ZImageDiT",
-        description="Z-Image-Turbo transformer", size_gb=12.3, index="transformer/*.safetensors.index.json",
+        description="Z-Image-Turbo transformer", size_gb=24.6, index="transformer/*.safetensors.index.json",
     ),
     Component(
         "dit_base", BASE_REPO, "transformer/*.safetensors", "diffsynth.models.z_image_dit.ZImageDiT",

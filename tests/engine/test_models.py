@@ -104,3 +104,9 @@ def test_every_sharded_folder_has_its_index_and_download_fetches_it(monkeypatch)
     assert "text_encoder/*.safetensors.index.json" in fetched[models.TURBO_REPO]
     assert "transformer/*.safetensors.index.json" in fetched[models.BASE_REPO]
     assert fetched[models.TURBO_REPO].count("vae/diffusion_pytorch_model.safetensors") == 1
+
+
+def test_the_whole_download_is_about_53_gb():
+    from engine.__main__ import download_components
+
+    assert round(sum(c.size_gb for c in download_components(""))) == 53
