@@ -44,6 +44,7 @@ def _output_paths(out: Path, count: int) -> list[Path]:
 
 
 def cmd_generate(args) -> int:
+    from engine.device import NoAcceleratorError
     from engine.jobspec import BadInput, JobKind, JobSpec, resolve
     from engine.models import MissingWeightsError
     from engine.protocol import Job
@@ -85,7 +86,7 @@ def cmd_generate(args) -> int:
     except BadInput as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except MissingWeightsError as exc:
+    except (MissingWeightsError, NoAcceleratorError) as exc:
         print(exc, file=sys.stderr)
         return 3
     for path, png in zip(_output_paths(Path(args.out), len(result.images)), result.images, strict=True):
@@ -131,6 +132,7 @@ def cmd_serve(args) -> int:
 def cmd_upscale(args) -> int:
     from dataclasses import replace
 
+    from engine.device import NoAcceleratorError
     from engine.jobspec import BadInput, JobKind, JobSpec, resolve
     from engine.models import MissingWeightsError
     from engine.protocol import Job
@@ -168,7 +170,7 @@ def cmd_upscale(args) -> int:
     except BadInput as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except MissingWeightsError as exc:
+    except (MissingWeightsError, NoAcceleratorError) as exc:
         print(exc, file=sys.stderr)
         return 3
     Path(args.out).write_bytes(result.images[0])

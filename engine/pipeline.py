@@ -20,6 +20,7 @@ from diffsynth.models.model_loader import ModelPool
 from diffsynth.pipelines.z_image import ZImagePipeline
 from transformers import AutoTokenizer
 
+from engine.device import pick_device, pick_dtype
 from engine.jobspec import BadInput, EngineOptions, installed_loras
 from engine.lora import check_fits, hot_load_layers, read_lora, to_diffsynth_layout
 from engine.models import Component, components_for, resolve
@@ -35,20 +36,6 @@ def _timestep_embedding_in_weight_dtype(self, t):
 
 
 z_image_dit.TimestepEmbedder.forward = _timestep_embedding_in_weight_dtype
-
-
-def pick_device(requested: str = "auto") -> str:
-    if requested != "auto":
-        return requested
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-def pick_dtype(device: str) -> torch.dtype:
-    return torch.float32 if device == "cpu" else torch.bfloat16
 
 
 # Both DiTs, the text encoder and the VAE in bf16 need ~41 GB: everything stays on a card of at
@@ -73,7 +60,7 @@ class PooledPipeline:
 
     def __init__(self, options: EngineOptions):
         self.options = options
-        self.device = pick_device(options.device)
+        self.device = pick_device(options.device, options.weights)  # NoAcceleratorError
         self.dtype = pick_dtype(self.device)
         self.pipe = StreamingZImagePipeline(device=self.device, torch_dtype=self.dtype)
         self.dits: dict[str, torch.nn.Module] = {}

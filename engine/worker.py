@@ -105,10 +105,12 @@ class Worker:
         self.jobs.put(None)
 
     def run(self, stdin) -> int:
+        from engine.device import NoAcceleratorError, pick_device
         from engine.models import MissingWeightsError, components_for, resolve
 
         try:
-            # Fail fast, before the heavy imports.
+            # Fail fast, before the heavy imports; the device first, before anyone fetches 53 GB for it.
+            pick_device(self.options.device, self.options.weights)
             resolve(self.options.weights, components_for(self.options.weights, self.options.controlnet_file))
             from engine.pipeline import PooledPipeline
 
@@ -116,6 +118,10 @@ class Worker:
         except MissingWeightsError as exc:
             log.error("%s", exc)
             self.writer.send(Failure("", FailureKind.MISSING_WEIGHTS, str(exc)))
+            return 3
+        except NoAcceleratorError as exc:
+            log.error("%s", exc)
+            self.writer.send(Failure("", FailureKind.NO_DEVICE, str(exc)))
             return 3
         self.writer.send(
             Ready(self.pooled.device, self.options.weights, self.limits, control_modes=self.control_modes())
