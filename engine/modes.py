@@ -30,6 +30,9 @@ def run_image_job(
 ) -> Result:
     """txt2img, img2img or control, `count` images with seeds seed, seed+1, ..."""
     spec = resolve(job.spec, limits, has_input=job.input_image is not None)
+    pooled.check_prompt_length(spec.prompt)  # counted in tokens, as the text encoder reads it
+    if spec.cfg > 1 and spec.negative_prompt:  # at cfg 1 the negative prompt is never encoded
+        pooled.check_prompt_length(spec.negative_prompt, "negative prompt")
     input_image = controlnet_inputs = None
     extra_images: dict[str, bytes] = {}
     annotate_start = time.perf_counter()

@@ -42,6 +42,8 @@ z_image_dit.TimestepEmbedder.forward = _timestep_embedding_in_weight_dtype
 # least 44 GB with 42 GB of it free (another process may hold some); otherwise idle models are offloaded.
 FULLY_RESIDENT_MIN_GB = 44.0
 FULLY_RESIDENT_FREE_GB = 42.0
+# DiffSynth's encode_prompt pads the chat-templated prompt to this many tokens and silently cuts the rest.
+MAX_PROMPT_TOKENS = 512
 
 
 class StreamingZImagePipeline(ZImagePipeline):
@@ -164,6 +166,27 @@ class PooledPipeline:
             self.pipe.load_models_to_device([])
         self.pipe.dit = self.dits[model]
         return self.pipe
+
+    def prompt_tokens(self, text: str) -> int:
+        """How many tokens the text encoder reads for `text`: DiffSynth's chat template included."""
+        tokenizer = self.pipe.tokenizer
+        messages = [{"role": "user", "content": text}]
+        templated = tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True, enable_thinking=True
+        )  # exactly as ZImageUnit_PromptEmbedder.encode_prompt builds it
+        return len(tokenizer(templated)["input_ids"])
+
+    def check_prompt_length(self, text: str, what: str = "prompt") -> None:
+        """BadInput for a prompt the text encoder would cut, rather than dropping its end without a word."""
+        count = self.prompt_tokens(text)
+        if count <= MAX_PROMPT_TOKENS:
+            return
+        overhead, over = self.prompt_tokens(""), count - MAX_PROMPT_TOKENS  # the template's own tokens
+        raise BadInput(
+            f"The {what} is {count - overhead} tokens long; the text encoder reads at most "
+            f"{MAX_PROMPT_TOKENS - overhead} and would ignore the rest. Shorten it by {over} token"
+            f"{'s' if over > 1 else ''} (a token is about three quarters of an English word)."
+        )
 
     # -- LoRA --------------------------------------------------------------------------------
 

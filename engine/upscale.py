@@ -253,6 +253,8 @@ def run_upscale_job(
     spec = jobspec.resolve(replace(job.spec, input_width=image.width, input_height=image.height), limits)
     if spec.refine and pooled is None:
         raise BadInput("Refinement needs the Turbo pipeline, which this engine did not load.")
+    if spec.refine:
+        pooled.check_prompt_length(spec.prompt or REFINE_PROMPT)
     upscaler = cached_upscaler(options, _device(options, pooled))
     tile, overlap = refine_tile_size(options)
     tiles = upscaler.tile_count(image.width, image.height)
