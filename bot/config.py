@@ -7,10 +7,11 @@ environment. An unknown key is an error, not a silently ignored setting.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from bot import prompt_filter
 from engine.jobspec import EngineOptions
 
 
@@ -22,6 +23,13 @@ class ConfigError(Exception):
 class DiscordConfig:
     dev_guild_id: int = 0  # sync commands to this guild only (instant); 0 = globally
     max_upload_bytes: int = 0  # 0 = the guild's own limit (10 MiB unboosted); set lower to force the fallback
+    # DMs: "off" installs the commands for servers only; "on" lets people use them in DMs under the
+    # operator's rules below (results there are screened with nsfw = block, always).
+    dms: str = "off"
+    dm_daily_quota: int = 20  # images per user per UTC day in DMs (0: unlimited)
+    dm_cooldown: int = 10  # seconds between DM requests
+    dm_blocked_words: list[str] = field(default_factory=list)  # added to the built-in rule, as a guild's are
+    dm_blocked_patterns: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -38,6 +46,7 @@ class EngineConfig:
 @dataclass
 class StorageConfig:
     data_dir: str = "data"  # SQLite database, inputs and results
+    keep_days: int = 30  # finished jobs, their inputs and results are deleted this many days after they end
 
 
 @dataclass
@@ -112,10 +121,12 @@ CHOICES = {
     ("engine", "models"): ("zimage", "tiny"),
     ("engine", "low_vram"): ("auto", "on", "off"),
     ("imagine", "default_model"): ("turbo", "base"),
+    ("discord", "dms"): ("off", "on"),
 }
 POSITIVE = {
     ("queue", "per_user"), ("queue", "total"), ("imagine", "progress_interval"),
     ("inputs", "max_bytes"), ("inputs", "max_megapixels"), ("upscale", "max_side"), ("upscale", "refine_denoise"),
+    ("storage", "keep_days"),
 }  # fmt: skip
 
 
@@ -128,11 +139,15 @@ def _section(cls, name: str, raw: dict[str, Any]):
         if key not in known:
             raise ConfigError(f"unknown key {name}.{key} (known: {', '.join(sorted(known))})")
         default: Any = known[key].default
+        if default is MISSING:  # a list setting
+            default = known[key].default_factory()  # type: ignore[misc,operator]
         expected = type(default)
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if type(value) is not expected:
             raise ConfigError(f"{name}.{key} must be a {expected.__name__}, not {type(value).__name__} ({value!r})")
+        if expected is list and not all(isinstance(item, str) for item in value):
+            raise ConfigError(f"{name}.{key} must be a list of strings")
         if (name, key) in CHOICES and value not in CHOICES[(name, key)]:
             raise ConfigError(f"{name}.{key} must be one of {', '.join(CHOICES[(name, key)])}; got {value!r}")
         if (name, key) in POSITIVE and value <= 0:
@@ -140,7 +155,20 @@ def _section(cls, name: str, raw: dict[str, Any]):
         if (name, key) == ("upscale", "refine_tile") and value and (value % 16 or value < 64):
             raise ConfigError(f"upscale.refine_tile must be 0 or a multiple of 16 from 64; got {value}")
         values[key] = value
+    if cls is DiscordConfig:
+        _check_dm_blocklist(values)
     return cls(**values)
+
+
+def _check_dm_blocklist(values: dict[str, Any]) -> None:
+    """The same caps and cost checks as a guild's /config set (bot/prompt_filter.py)."""
+    try:
+        words = values.get("dm_blocked_words", [])
+        prompt_filter.validate_words(words)
+        values["dm_blocked_words"] = sorted({word.strip().lower() for word in words if word.strip()})
+        prompt_filter.validate_patterns(values.get("dm_blocked_patterns", []))
+    except ValueError as exc:
+        raise ConfigError(f"[discord] DM blocklist: {exc}") from None
 
 
 def parse_config(raw: dict[str, Any]) -> Config:

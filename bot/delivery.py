@@ -18,6 +18,15 @@ import discord
 
 from bot.config import Config
 from bot.render import fit_upload, grid_png, result_embed, upload_limit, upscale_embed
+from bot.screening import (
+    BLOCKED_PUBLIC,
+    SPOILER_WARNING,
+    Action,
+    channel_is_nsfw,
+    preview_allowed,
+    screen,
+    tell_requester,
+)
 from bot.store import FINAL_STATES, JobRecord, JobState, JobStore
 from bot.views import result_view
 from engine.jobspec import JobKind
@@ -68,6 +77,7 @@ class Delivery:
         """Edits the status message at most every `progress_interval` seconds (Discord rate-limits edits)."""
         interval = self.config.imagine.progress_interval
         last_edit = 0.0
+        channel_nsfw = channel_is_nsfw(self.client, job.channel_id)
 
         async def on_progress(progress: Progress) -> None:
             nonlocal last_edit
@@ -75,7 +85,8 @@ class Delivery:
             if progress.step >= progress.total or now - last_edit < interval:
                 return
             last_edit = now
-            files = [discord.File(io.BytesIO(progress.preview_jpeg), "preview.jpg")] if progress.preview_jpeg else []
+            shown = progress.preview_jpeg if preview_allowed(progress.preview_nsfw, channel_nsfw=channel_nsfw) else None
+            files = [discord.File(io.BytesIO(shown), "preview.jpg")] if shown else []
             bar = "█" * round(10 * progress.step / progress.total)
             content = f"Generating… step {progress.step}/{progress.total} `{bar:░<10}` (job `{job.id}`)"
             await self.edit_status(job, content=content, attachments=files)
@@ -92,12 +103,19 @@ class Delivery:
 
     async def deliver(self, job: JobRecord, result: Result) -> None:
         spec = result.spec
+        decision = await screen(self.client, self.store, job, result.nsfw_scores)
+        if decision.action == Action.BLOCK:  # nothing posted, nothing kept; the requester is told why
+            await self.store.update_job(job.id, state=JobState.FAILED, error=BLOCKED_PUBLIC, finished_at=self.clock())
+            await self.show_end(job.id)
+            await tell_requester(self.client, job.user_id, job.guild_id, spec.prompt)
+            return
         await self.store.add_results(job.id, result.images, spec)
         png = result.images[0] if len(result.images) == 1 else grid_png(result.images, spec)
         channel = self.client.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
         guild = self.client.get_guild(job.guild_id) if job.guild_id else None
         limit = upload_limit(guild, self.config.discord.max_upload_bytes)
-        spoiler = job.extras.spoiler
+        spoiler = job.extras.spoiler or decision.action == Action.SPOILER
+        content = f"<@{job.user_id}>" + (f" {SPOILER_WARNING}" if decision.action == Action.SPOILER else "")
         message = None
         for attempt_limit in (limit, limit // 2):  # a 413 despite our estimate: halve once and retry
             fitted = fit_upload(png, attempt_limit, f"zimage-{job.id}")
@@ -114,11 +132,11 @@ class Delivery:
                     embed.set_thumbnail(url=f"attachment://{control.filename}")
             try:
                 message = await channel.send(
-                    f"<@{job.user_id}>",
+                    content,
                     embed=embed,
                     files=files,
                     view=result_view(job.id, len(result.images), spec.kind),
-                    allowed_mentions=discord.AllowedMentions(users=True, roles=False, everyone=False),
+                    allowed_mentions=discord.AllowedMentions(users=[discord.Object(job.user_id)]),  # only them
                 )
                 break
             except discord.HTTPException as exc:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from bot import prompt_filter
+from bot.screening import NSFW_MODES
 
 if TYPE_CHECKING:
     from bot.config import Config
@@ -29,7 +30,7 @@ class SettingError(Exception):
 @dataclass(frozen=True)
 class Setting:
     key: str
-    kind: str  # int, float, bool, model, channels, roles, commands, words, patterns
+    kind: str  # int, float, bool, model, nsfw, channel, channels, roles, commands, words, patterns
     default: Any
     description: str
     minimum: float = 0
@@ -45,6 +46,8 @@ SETTINGS: dict[str, Setting] = {
     for s in (
         Setting("channels", "channels", [], "Channels where the bot answers (empty: all)"),
         Setting("spoiler", "bool", False, "Post results as spoilers"),
+        Setting("nsfw", "nsfw", "block", "Flagged images outside age-restricted channels: block or spoiler"),
+        Setting("report_channel", "channel", None, "Where the Report button sends reports (none: off)"),
         Setting("commands", "commands", list(COMMANDS), "Commands enabled on this server"),
         Setting("roles", "roles", [], "Roles allowed to generate (empty: everyone)"),
         Setting("default_model", "model", None, "Model when /imagine names none"),
@@ -59,6 +62,18 @@ SETTINGS: dict[str, Setting] = {
         Setting("blocked_patterns", "patterns", [], "Regular expressions refused in prompts"),
     )
 }  # fmt: skip
+
+
+# What a DM follows instead of a guild's settings (config.toml [discord] dm_*); the rest are defaults.
+DM_RULES: dict[str, Callable[[Config], Any]] = {
+    "daily_quota": lambda c: c.discord.dm_daily_quota,
+    "cooldown": lambda c: c.discord.dm_cooldown,
+    "blocked_words": lambda c: c.discord.dm_blocked_words,
+    "blocked_patterns": lambda c: c.discord.dm_blocked_patterns,
+    "nsfw": lambda c: "block",
+    "spoiler": lambda c: False,
+    "report_channel": lambda c: None,
+}
 
 
 def effective(setting: Setting, value: Any, config: Config) -> Any:
@@ -100,6 +115,17 @@ def parse_value(setting: Setting, text: str, config: Config) -> Any:
         if text.lower() not in ("turbo", "base"):
             raise SettingError("default_model is turbo or base.")
         return text.lower()
+    if kind == "nsfw":
+        if text.lower() not in NSFW_MODES:
+            raise SettingError("nsfw is block (not posted; the requester is told why) or spoiler (posted as spoiler).")
+        return text.lower()
+    if kind == "channel":
+        if text.lower() in ("", "none", "off"):
+            return None
+        found = re.findall(r"\d{15,22}", text)
+        if len(found) != 1:
+            raise SettingError(f"{setting.key} takes one #channel mention (or 'none').")
+        return int(found[0])
     if kind in ("channels", "roles"):
         if text.lower() in ("", "all", "none", "everyone", "any"):
             return []
@@ -136,6 +162,8 @@ def _validated(validate: Callable[[list[str]], None], values: list[str]) -> None
 def describe(setting: Setting, value: Any) -> str:
     if setting.kind == "channels":
         return ", ".join(f"<#{i}>" for i in value) or "all channels"
+    if setting.kind == "channel":
+        return f"<#{value}>" if value else "none"
     if setting.kind == "roles":
         return ", ".join(f"<@&{i}>" for i in value) or "everyone"
     if setting.kind in ("commands", "words"):
@@ -166,6 +194,8 @@ class GuildSettings:
 
     async def get(self, guild_id: int | None, key: str) -> Any:
         setting = SETTINGS[key]
+        if guild_id is None and key in DM_RULES:  # a DM: the operator's rules from config.toml
+            return DM_RULES[key](self.config)
         stored = (await self.raw(guild_id)).get(key) if guild_id is not None else None
         return effective(setting, stored, self.config)
 
