@@ -45,7 +45,7 @@ def _output_paths(out: Path, count: int) -> list[Path]:
 
 def cmd_generate(args) -> int:
     from engine.device import NoAcceleratorError
-    from engine.jobspec import BadInput, JobKind, JobSpec, resolve
+    from engine.jobspec import BadInput, JobKind, JobSpec, UnsupportedControlNetFile, resolve
     from engine.models import MissingWeightsError
     from engine.protocol import Job
 
@@ -89,6 +89,9 @@ def cmd_generate(args) -> int:
     except (MissingWeightsError, NoAcceleratorError) as exc:
         print(exc, file=sys.stderr)
         return 3
+    except UnsupportedControlNetFile as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     for path, png in zip(_output_paths(Path(args.out), len(result.images)), result.images, strict=True):
         path.write_bytes(png)
         print(path)
@@ -133,7 +136,7 @@ def cmd_upscale(args) -> int:
     from dataclasses import replace
 
     from engine.device import NoAcceleratorError
-    from engine.jobspec import BadInput, JobKind, JobSpec, resolve
+    from engine.jobspec import BadInput, JobKind, JobSpec, UnsupportedControlNetFile, resolve
     from engine.models import MissingWeightsError
     from engine.protocol import Job
 
@@ -173,6 +176,9 @@ def cmd_upscale(args) -> int:
     except (MissingWeightsError, NoAcceleratorError) as exc:
         print(exc, file=sys.stderr)
         return 3
+    except UnsupportedControlNetFile as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     Path(args.out).write_bytes(result.images[0])
     done = result.spec
     print(args.out)
@@ -193,9 +199,14 @@ def download_components(controlnet_file: str):
 
 
 def cmd_download(args) -> int:
+    from engine.jobspec import UnsupportedControlNetFile
     from engine.models import MissingWeightsError, download, resolve
 
-    components = download_components(args.controlnet_file)
+    try:
+        components = download_components(args.controlnet_file)
+    except UnsupportedControlNetFile as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.if_missing:
         try:
             resolve("zimage", components)  # every shard of every sharded folder, not just one

@@ -10,6 +10,7 @@ we never let controlnet_aux download on a job's time.
 from __future__ import annotations
 
 import io
+import logging
 import threading
 import warnings
 from typing import Any
@@ -17,12 +18,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from engine.jobspec import JobSpec
-from engine.models import resolve_annotator
+from engine.jobspec import JobSpec, controlnet_file_modes
+from engine.models import ANNOTATOR_FILES, MissingWeightsError, resolve_annotator
 
 # The resolution the neural annotators were trained at; their maps are scaled to the output size.
 DETECT_RESOLUTION = 512
 
+log = logging.getLogger("engine.control")
 _loaded: dict[tuple[str, str], Any] = {}
 _lock = threading.Lock()
 
@@ -49,6 +51,21 @@ def _load(mode: str, device: str):
     else:
         raise ValueError(f"no annotator for control mode {mode!r}")
     return detector.from_pretrained(folder).to(device)
+
+
+def runnable_modes(controlnet_file: str = "") -> list[str]:
+    """The modes a job can use now: those the ControlNet file was trained on whose annotator weights are
+    on disk (canny and none need none). What is missing, and the command that fetches it, goes to the log."""
+    modes = []
+    for mode in controlnet_file_modes(controlnet_file):
+        if mode in ANNOTATOR_FILES:
+            try:
+                resolve_annotator(mode)
+            except MissingWeightsError as exc:
+                log.warning("the %s control mode is off until its weights are fetched:\n%s", mode, exc)
+                continue
+        modes.append(mode)
+    return modes
 
 
 def annotator(mode: str, device: str = "cpu"):

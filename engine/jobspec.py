@@ -52,6 +52,18 @@ MIN_UPSCALE_SIDE = 16
 MAX_REFINE_DENOISE = 0.6
 # How the attached image becomes a control map; "none": it already is one.
 CONTROL_MODES = ("canny", "depth", "pose", "lineart", "softedge", "mlsd", "scribble", "none")
+# The modes each file of alibaba-pai/Z-Image-Turbo-Fun-Controlnet-Union-2.1 was trained on (its model
+# card), the default file first. Scribble came with the 2601 files, gray (not offered here) with 2602;
+# lineart and softedge are in none of them. "none" (the image already is a map) goes with every file.
+CONTROLNET_FILE_MODES: dict[str, tuple[str, ...]] = {
+    "Z-Image-Turbo-Fun-Controlnet-Union-2.1-8steps.safetensors": ("canny", "depth", "pose", "mlsd", "none"),
+    "Z-Image-Turbo-Fun-Controlnet-Union-2.1-2601-8steps.safetensors": (
+        "canny", "depth", "pose", "mlsd", "scribble", "none",
+    ),
+    "Z-Image-Turbo-Fun-Controlnet-Union-2.1-2602-8steps.safetensors": (
+        "canny", "depth", "pose", "mlsd", "scribble", "none",
+    ),
+}  # fmt: skip
 # LoRAs are files `<name>.safetensors` in the operator's LoRA folder; a name is never a path.
 LORA_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._+-]{0,99}")
 LORA_STRENGTH_RANGE = (-2.0, 2.0)
@@ -59,6 +71,31 @@ LORA_STRENGTH_RANGE = (-2.0, 2.0)
 
 class BadInput(Exception):
     """The request is wrong; the message says how, for the user who sent it."""
+
+
+class UnsupportedControlNetFile(ValueError):
+    """The configured ControlNet file is not one the engine can load; the message names those it can."""
+
+
+def controlnet_file_modes(file_name: str = "") -> tuple[str, ...]:
+    """The control modes a ControlNet file was trained on ("": the default file).
+
+    UnsupportedControlNetFile, saying what to use instead, for a file the engine cannot load: the "lite"
+    files have 5 control layers where DiffSynth's ZImageControlNet has 15; the Tile files follow no map.
+    """
+    name = file_name or next(iter(CONTROLNET_FILE_MODES))
+    if name in CONTROLNET_FILE_MODES:
+        return CONTROLNET_FILE_MODES[name]
+    known = ", ".join(CONTROLNET_FILE_MODES)
+    if "lite" in name.lower():
+        why = "is a 5-layer lite ControlNet; DiffSynth's ZImageControlNet loads only the 15-layer files"
+    elif "tile" in name.lower():
+        why = "is a Tile ControlNet (for upscaling), not a Union one that follows canny, depth or pose maps"
+    else:
+        why = "is not a ControlNet Union 2.1 file this engine knows"
+    raise UnsupportedControlNetFile(
+        f"controlnet_file {name!r} {why}. Use one of: {known} (or leave it empty for the first)."
+    )
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.jobspec import controlnet_file_modes
+
 DOWNLOAD_COMMAND = "python -m engine download"
 
 
@@ -136,6 +138,7 @@ def components_for(models: str, controlnet_file: str = "") -> tuple[Component, .
         return tiny_components()
     if not controlnet_file:
         return ZIMAGE_COMPONENTS
+    controlnet_file_modes(controlnet_file)  # UnsupportedControlNetFile: lite, tile or unknown, before any load
     return tuple(controlnet_component(controlnet_file) if c.slot == "controlnet" else c for c in ZIMAGE_COMPONENTS)
 
 

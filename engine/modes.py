@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 
 from engine.images import decode_input_image, encode_png, fit_to_size, latent_preview_jpeg
-from engine.jobspec import BadInput, JobKind, Limits, resolve
+from engine.jobspec import BadInput, JobKind, Limits, controlnet_file_modes, resolve
 from engine.pipeline import ControlNetInput, PooledPipeline
 from engine.protocol import Job, Result
 
@@ -33,6 +33,12 @@ def run_image_job(
     pooled.check_prompt_length(spec.prompt)  # counted in tokens, as the text encoder reads it
     if spec.cfg > 1 and spec.negative_prompt:  # at cfg 1 the negative prompt is never encoded
         pooled.check_prompt_length(spec.negative_prompt, "negative prompt")
+    if spec.kind == JobKind.CONTROL:
+        trained = controlnet_file_modes(pooled.options.controlnet_file)
+        if spec.control_mode not in trained:  # it would run, and the ControlNet would mostly ignore the map
+            raise BadInput(
+                f"This bot's ControlNet was not trained on {spec.control_mode} maps: use {', '.join(trained)}."
+            )
     input_image = controlnet_inputs = None
     extra_images: dict[str, bytes] = {}
     annotate_start = time.perf_counter()

@@ -38,7 +38,9 @@ class FailureKind(StrEnum):
     BAD_INPUT = "bad_input"  # the request itself is wrong: say so, do not retry
     OUT_OF_MEMORY = "out_of_memory"  # the GPU ran out; a smaller request may work
     MISSING_WEIGHTS = "missing_weights"  # the operator must run `python -m engine download`
-    NO_DEVICE = "no_device"  # real weights on device "auto" and no usable GPU: the operator must act
+    # The engine cannot start as configured (the real weights and no usable GPU, a ControlNet file it
+    # cannot load): restarting cannot help, the operator must act.
+    CANNOT_START = "cannot_start"
     INTERNAL = "internal"  # a bug or a broken model; logged with traceback in the engine
     CANCELLED = "cancelled"  # a Cancel message stopped the job
 

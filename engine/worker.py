@@ -106,10 +106,12 @@ class Worker:
 
     def run(self, stdin) -> int:
         from engine.device import NoAcceleratorError, pick_device
+        from engine.jobspec import UnsupportedControlNetFile, controlnet_file_modes
         from engine.models import MissingWeightsError, components_for, resolve
 
         try:
             # Fail fast, before the heavy imports; the device first, before anyone fetches 53 GB for it.
+            controlnet_file_modes(self.options.controlnet_file)  # a lite, tile or unknown file
             pick_device(self.options.device, self.options.weights)
             resolve(self.options.weights, components_for(self.options.weights, self.options.controlnet_file))
             from engine.pipeline import PooledPipeline
@@ -119,9 +121,9 @@ class Worker:
             log.error("%s", exc)
             self.writer.send(Failure("", FailureKind.MISSING_WEIGHTS, str(exc)))
             return 3
-        except NoAcceleratorError as exc:
+        except (NoAcceleratorError, UnsupportedControlNetFile) as exc:
             log.error("%s", exc)
-            self.writer.send(Failure("", FailureKind.NO_DEVICE, str(exc)))
+            self.writer.send(Failure("", FailureKind.CANNOT_START, str(exc)))
             return 3
         self.writer.send(
             Ready(self.pooled.device, self.options.weights, self.limits, control_modes=self.control_modes())
@@ -130,9 +132,10 @@ class Worker:
         return self.serve_jobs()
 
     def control_modes(self) -> list[str]:
-        from engine.jobspec import CONTROL_MODES
+        """The modes the ControlNet file was trained on whose annotator weights are on disk."""
+        from engine.control import runnable_modes
 
-        return list(CONTROL_MODES)
+        return runnable_modes(self.options.controlnet_file)
 
     def serve_jobs(self) -> int:
         """One job at a time until the reader says stop; the exit code for the process."""
@@ -174,8 +177,10 @@ class Worker:
         except Cancelled:
             return Failure(job.job_id, FailureKind.CANCELLED, "Cancelled while running.")
         except MissingWeightsError as exc:  # an annotator's weights, loaded on first use
-            log.error("%s", exc)
-            return Failure(job.job_id, FailureKind.MISSING_WEIGHTS, str(exc))
+            log.error("%s", exc)  # what to fetch is for the operator's log, not for the channel
+            mode = f"The {job.spec.control_mode} mode" if job.spec.control_mode else "This job"
+            return Failure(job.job_id, FailureKind.MISSING_WEIGHTS, f"{mode} needs model files this bot does not "
+                           "have yet; its operator can see which in the engine log.")  # fmt: skip
         except torch.OutOfMemoryError:
             log.warning(
                 "out of memory on job %s (%sx%s x%s)", job.job_id, job.spec.width, job.spec.height, job.spec.count

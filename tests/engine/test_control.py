@@ -93,7 +93,7 @@ def test_mode_none_uses_the_attachment_as_the_map(tiny_pipeline, tiny_limits):
 
 
 def test_a_mode_without_weights_fails_naming_the_model_and_the_command(
-    tiny_pipeline, tiny_limits, tmp_path, monkeypatch
+    tiny_pipeline, tiny_limits, tmp_path, monkeypatch, caplog
 ):
     from huggingface_hub import constants
 
@@ -110,7 +110,9 @@ def test_a_mode_without_weights_fails_naming_the_model_and_the_command(
     worker.pooled = tiny_pipeline
     failure = worker.handle(control_job(control_mode="pose"))
     assert isinstance(failure, Failure) and failure.kind == FailureKind.MISSING_WEIGHTS
-    assert "pose annotator" in failure.message and "python -m engine download" in failure.message
+    # The user learns the mode cannot run; what to fetch goes to the operator's log, not the channel.
+    assert "The pose mode needs model files" in failure.message and "download" not in failure.message
+    assert "pose annotator" in caplog.text and "python -m engine download" in caplog.text
 
 
 @pytest.mark.parametrize(

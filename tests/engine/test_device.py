@@ -58,7 +58,7 @@ def test_the_engine_refuses_to_start_before_looking_for_weights(no_gpu, monkeypa
     frames = Frames()
     assert Worker(EngineOptions(weights="zimage"), frames).run(stdin=None) == 3  # type: ignore[arg-type]
     [failure] = frames.sent
-    assert isinstance(failure, Failure) and failure.kind == FailureKind.NO_DEVICE and not failure.job_id
+    assert isinstance(failure, Failure) and failure.kind == FailureKind.CANNOT_START and not failure.job_id
     assert "No CUDA GPU is usable" in failure.message
 
 
