@@ -6,8 +6,6 @@ expire, and a bad file should cost the user one ephemeral message, not a place i
 
 from __future__ import annotations
 
-from typing import Literal
-
 import discord
 from discord import app_commands
 from discord.ext import commands
@@ -17,9 +15,17 @@ from bot.errors import Refused
 from bot.render import ASPECTS, size_for_aspect
 from bot.store import JobExtras
 from bot.submit import enqueue, refuse
-from engine.jobspec import JobKind, JobSpec, ModelName
+from engine.jobspec import JobKind, JobSpec, ModelName, controlnet_file_modes
 
 MATCH = "match image"
+
+
+def offered_modes(bot) -> list[str]:
+    """The modes /control offers: what the engine said it can run now, else what its ControlNet file knows."""
+    ready = bot.jobs.engine.ready_info
+    if ready is not None:
+        return list(ready.control_modes)
+    return list(controlnet_file_modes(bot.config.engine.controlnet_file))
 
 
 class Control(commands.Cog):
@@ -46,7 +52,7 @@ class Control(commands.Cog):
         interaction: discord.Interaction,
         image: discord.Attachment,
         prompt: str,
-        mode: Literal["canny", "depth", "pose", "lineart", "softedge", "mlsd", "scribble", "none"] = "canny",
+        mode: str = "canny",
         strength: app_commands.Range[float, 0.0, 1.0] = 0.8,
         aspect: str = MATCH,
         seed: app_commands.Range[int, 0, 4294967295] | None = None,
@@ -54,6 +60,10 @@ class Control(commands.Cog):
         canny_low: app_commands.Range[int, 0, 255] = 100,
         canny_high: app_commands.Range[int, 0, 255] = 200,
     ) -> None:
+        offered = offered_modes(self.bot)
+        if mode not in offered:  # a typed mode: autocomplete only suggests
+            await refuse(interaction, f"The {mode} mode is not available on this bot; try {', '.join(offered)}.")
+            return
         try:
             checked = await read_image_attachment(image, self.limits, interaction)
             target = self.bot.config.target_pixels
@@ -70,6 +80,11 @@ class Control(commands.Cog):
         )  # fmt: skip
         extras = JobExtras(aspect=aspect)
         await enqueue(interaction, "control", spec, "Queued", checked.notes, extras=extras, input_image=checked.data)
+
+    @control.autocomplete("mode")
+    async def mode_choices(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        modes = [mode for mode in offered_modes(self.bot) if current.lower() in mode]
+        return [app_commands.Choice(name=mode, value=mode) for mode in modes]
 
 
 async def setup(bot) -> None:

@@ -8,8 +8,10 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.render import escaped
 from bot.settings import SETTINGS, describe
 from bot.status_view import CancelButton
+from cogs.control import offered_modes
 from engine.jobspec import installed_loras
 
 HELP_LIMITS = (
@@ -30,16 +32,16 @@ class QueueCommands(commands.Cog):
     @app_commands.command(name="queue", description="Your jobs, their positions and ETAs")
     async def queue(self, interaction: discord.Interaction) -> None:
         jobs = self.bot.jobs
-        mine = [q for q in jobs.queue.ordered() if q.user_id == interaction.user.id]
+        mine = jobs.queue.jobs_of(interaction.user.id)
         lines = []
         running = jobs.running and await jobs.store.get_job(jobs.running.job_id)
         if running and running.user_id == interaction.user.id:
-            lines.append(f"▶️ `{running.id}` running now — {running.spec.prompt[:60]}")
+            lines.append(f"▶️ `{running.id}` running now — {escaped(running.spec.prompt[:60])}")
         view = discord.ui.View(timeout=None)
         for queued in mine:
             record = await jobs.store.get_job(queued.job_id)
             position = jobs.queue.position(queued.job_id)
-            prompt = (record.spec.prompt if record else "")[:60]
+            prompt = escaped((record.spec.prompt if record else "")[:60])
             lines.append(f"#{position} `{queued.job_id}` ETA {jobs.eta_text(queued.job_id)} — {prompt}")
             if len(view.children) < 5:
                 button = CancelButton(queued.job_id)
@@ -57,7 +59,7 @@ class QueueCommands(commands.Cog):
         jobs = self.bot.jobs
         if job is None:
             here = interaction.guild_id
-            mine = [q for q in jobs.queue.ordered() if q.user_id == interaction.user.id and q.guild_id == here]
+            mine = [q for q in jobs.queue.jobs_of(interaction.user.id) if q.guild_id == here]
             if not mine:
                 await interaction.response.send_message("You have no queued job here to cancel.", ephemeral=True)
                 return
@@ -74,8 +76,9 @@ class QueueCommands(commands.Cog):
     async def cancel_choices(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
         everyone = bool(interaction.permissions.manage_guild)
         choices = []
-        for queued in self.bot.jobs.queue.ordered():
-            if (queued.user_id == interaction.user.id or everyone) and queued.guild_id == interaction.guild_id:
+        queue = self.bot.jobs.queue
+        for queued in queue.ordered() if everyone else queue.jobs_of(interaction.user.id):
+            if queued.guild_id == interaction.guild_id:
                 if current in queued.job_id:
                     choices.append(app_commands.Choice(name=f"{queued.job_id} ({queued.kind})", value=queued.job_id))
         return choices[:25]
@@ -98,6 +101,7 @@ class QueueCommands(commands.Cog):
         enabled = ", ".join(f"/{c}" for c in rules["commands"]) or "none"
         embed.add_field(name="Enabled here", value=enabled)
         embed.add_field(name="Default model", value=rules["default_model"])
+        embed.add_field(name="Control modes", value=", ".join(offered_modes(self.bot)) or "none right now")
         loras = installed_loras(self.bot.config.lora_path)
         embed.add_field(
             name="LoRAs", value=shorten(", ".join(loras), 1024, placeholder=" …") if loras else "none installed"

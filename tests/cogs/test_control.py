@@ -155,3 +155,27 @@ async def test_a_large_attachment_is_acknowledged_first_and_its_status_posted_in
             world.channel, "control", image=("large.txt.png", b"x" * (5 << 20)), prompt="a cat"
         )
         assert refused.ephemeral and "is not an image" in refused.response.content, refused.response.content
+
+
+async def test_only_modes_the_engine_can_run_are_offered_and_others_refused_privately(
+    engine_client, tmp_path, monkeypatch
+):
+    from dataclasses import replace
+
+    await engine_client.wait_ready(timeout=120)
+    # As the engine reports it without the depth, pose and mlsd annotator files on disk.
+    monkeypatch.setattr(engine_client, "ready_info", replace(engine_client.ready_info, control_modes=["canny", "none"]))
+    async with discord_world(engine_client, tmp_path) as world:
+        offered = await world.alice.autocomplete(world.channel, "control", "mode", "", prompt="a cat")
+        assert [choice["value"] for choice in offered] == ["canny", "none"]
+        for mode in ("depth", "lineart"):
+            refused = await world.alice.slash(
+                world.channel, "control", image=("a.png", encoded(drawing())), prompt="a cat", mode=mode
+            )
+            assert refused.ephemeral and f"The {mode} mode is not available on this bot; try canny, none." in (
+                refused.response.content
+            )
+        assert len(world.bot.jobs.queue) == 0 and await world.bot.store.jobs_in_state("queued", "running") == []
+        shown = await world.bob.slash(world.channel, "help")
+        fields = {field.name: field.value for field in shown.response.embeds[0].fields}
+        assert fields["Control modes"] == "canny, none"
