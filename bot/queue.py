@@ -12,8 +12,10 @@ from __future__ import annotations
 import abc
 import asyncio
 import time
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass, field
+
+from bot.rotation import Rotation
 
 
 @dataclass
@@ -60,6 +62,19 @@ class JobQueue(abc.ABC):
     @abc.abstractmethod
     def count_for_user(self, user_id: int) -> int: ...
 
+    def jobs_of(self, user_id: int) -> list[QueuedJob]:
+        """A user's queued jobs (every guild and DMs) in dispatch order."""
+        return [job for job in self.ordered() if job.user_id == user_id]
+
+    def costs_through(self, job_id: str) -> dict[str, float] | None:
+        """Cost per kind of the jobs dispatched before job_id and of job_id itself; None if not queued."""
+        totals: dict[str, float] = {}
+        for job in self.ordered():
+            totals[job.kind] = totals.get(job.kind, 0.0) + max(job.cost, 0.0)
+            if job.job_id == job_id:
+                return totals
+        return None
+
     @abc.abstractmethod
     def __len__(self) -> int: ...
 
@@ -68,99 +83,13 @@ class JobQueue(abc.ABC):
         """Refill after a restart: no caps applied, jobs enqueued in the order given."""
 
 
-@dataclass
-class _Lane:
-    """One participant in a rotation (a user's jobs, or a guild's users).
-
-    `rounds` counts how often it was served; the lane with the fewest rounds goes next, ties broken by
-    `seq` (when it joined or was last served). Serving bumps both, which sends it to the back.
-    """
-
-    rounds: int
-    seq: int
-
-
-@dataclass
-class _UserLane(_Lane):
-    jobs: deque[QueuedJob] = field(default_factory=deque)
-
-
-@dataclass
-class _GuildLane(_Lane):
-    users: dict[int, _UserLane] = field(default_factory=dict)
-    last_served_round: int = 0  # newcomers join at this round, so they go before anyone's next turn
-
-
-class _Rotation:
-    """The two-level rotation; cheap to clone so position()/ordered() can simulate get() without mutating."""
-
-    def __init__(self) -> None:
-        self.guilds: dict[int | None, _GuildLane] = {}
-        self.last_served_round = 0
-        self.next_seq = 0
-
-    def _seq(self) -> int:
-        self.next_seq += 1
-        return self.next_seq
-
-    def add(self, job: QueuedJob) -> None:
-        guild = self.guilds.get(job.guild_id)
-        if guild is None:
-            guild = self.guilds[job.guild_id] = _GuildLane(self.last_served_round, self._seq())
-        elif not any(lane.jobs for lane in guild.users.values()):
-            guild.rounds = max(guild.rounds, self.last_served_round)
-        user = guild.users.get(job.user_id)
-        if user is None:
-            user = guild.users[job.user_id] = _UserLane(guild.last_served_round, self._seq())
-        elif not user.jobs:
-            # A user whose last job was just taken keeps their turn count: their next job
-            # waits behind someone who has not been served yet.
-            user.rounds = max(user.rounds, guild.last_served_round)
-        user.jobs.append(job)
-
-    def remove(self, job: QueuedJob) -> None:
-        self.guilds[job.guild_id].users[job.user_id].jobs.remove(job)
-        self._drop_if_empty(job.guild_id, job.user_id)
-
-    def pop_next(self) -> QueuedJob:
-        waiting = [(gid, g) for gid, g in self.guilds.items() if any(lane.jobs for lane in g.users.values())]
-        guild_id, guild = min(waiting, key=lambda item: (item[1].rounds, item[1].seq))
-        ready = [(uid, u) for uid, u in guild.users.items() if u.jobs]
-        user_id, user = min(ready, key=lambda item: (item[1].rounds, item[1].seq))
-        job = user.jobs.popleft()
-        guild.last_served_round = user.rounds
-        user.rounds, user.seq = user.rounds + 1, self._seq()
-        self.last_served_round = guild.rounds
-        guild.rounds, guild.seq = guild.rounds + 1, self._seq()
-        self._drop_if_empty(guild_id, user_id)
-        return job
-
-    def _drop_if_empty(self, guild_id: int | None, user_id: int) -> None:
-        # An empty lane is kept while it remembers a turn count above what a newcomer would get;
-        # past that it carries no information and is dropped (memory stays bounded by activity).
-        guild = self.guilds[guild_id]
-        for uid in [uid for uid, lane in guild.users.items() if not lane.jobs]:
-            if guild.users[uid].rounds <= guild.last_served_round:
-                del guild.users[uid]
-        if not any(lane.jobs for lane in guild.users.values()) and guild.rounds <= self.last_served_round:
-            del self.guilds[guild_id]
-
-    def clone(self) -> _Rotation:
-        copy = _Rotation()
-        copy.last_served_round, copy.next_seq = self.last_served_round, self.next_seq
-        for guild_id, guild in self.guilds.items():
-            users = {uid: _UserLane(u.rounds, u.seq, deque(u.jobs)) for uid, u in guild.users.items()}
-            copy.guilds[guild_id] = _GuildLane(guild.rounds, guild.seq, users, guild.last_served_round)
-        return copy
-
-
 class FairQueue(JobQueue):
-    """In-process fair queue for one engine."""
+    """In-process fair queue for one engine. put, get, cancel and position cost O(log n) (bot/rotation.py)."""
 
     def __init__(self, per_user_cap: int = 3, global_cap: int = 50):
         self.per_user_cap = per_user_cap
         self.global_cap = global_cap
-        self._rotation = _Rotation()
+        self._rotation = Rotation()
         self._jobs: dict[str, QueuedJob] = {}
         self._per_user: Counter[int] = Counter()
         # Set exactly while jobs are queued, so get() sleeps instead of polling.
@@ -178,7 +107,7 @@ class FairQueue(JobQueue):
         if len(self._jobs) >= self.global_cap:
             raise QueueFull("global", f"The bot is busy ({len(self._jobs)} jobs queued). Try again in a few minutes.")
         self._add(job)
-        return next(i for i, queued in enumerate(self.ordered(), start=1) if queued is job)
+        return self._rotation.position(job) + 1
 
     async def get(self) -> QueuedJob:
         # Nothing is taken until the wait is over, and there is no await after it: a CancelledError
@@ -198,13 +127,21 @@ class FairQueue(JobQueue):
         return job
 
     def position(self, job_id: str) -> int | None:
-        if job_id not in self._jobs:
-            return None
-        return next(i for i, job in enumerate(self.ordered(), start=1) if job.job_id == job_id)
+        job = self._jobs.get(job_id)
+        return None if job is None else self._rotation.position(job) + 1
 
     def ordered(self) -> list[QueuedJob]:
-        simulation = self._rotation.clone()
-        return [simulation.pop_next() for _ in range(len(self._jobs))]
+        return self._rotation.ordered()
+
+    def jobs_of(self, user_id: int) -> list[QueuedJob]:
+        if user_id not in self._per_user:
+            return []
+        mine = [job for guild in self._rotation.guilds.values() if (u := guild.users.get(user_id)) for job in u.jobs]
+        return sorted(mine, key=self._rotation.position)
+
+    def costs_through(self, job_id: str) -> dict[str, float] | None:
+        job = self._jobs.get(job_id)
+        return None if job is None else self._rotation.costs_through(job)
 
     def count_for_user(self, user_id: int) -> int:
         return self._per_user[user_id]
@@ -254,12 +191,10 @@ class DurationEstimator:
 
     def eta(self, queue: JobQueue, job_id: str, running_remaining: float = 0.0) -> float | None:
         """Seconds until job_id finishes: the running job's remainder, every job ahead, then its own run."""
-        total = max(running_remaining, 0.0)
-        for job in queue.ordered():
-            total += self.estimate(job.kind, job.cost)
-            if job.job_id == job_id:
-                return total
-        return None
+        costs = queue.costs_through(job_id)
+        if costs is None:
+            return None
+        return max(running_remaining, 0.0) + sum(self.estimate(kind, cost) for kind, cost in costs.items())
 
 
 def format_eta(seconds: float | None) -> str:
