@@ -17,7 +17,7 @@ import discord
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from bot.errors import Refused
-from bot.render import file_size, size_for_ratio
+from bot.render import file_size, in_code, size_for_ratio
 
 # What Pillow decodes that people attach; "MPO" is the JPEG variant many phone cameras write.
 ACCEPTED_FORMATS = {"PNG", "JPEG", "MPO", "WEBP", "GIF", "BMP", "TIFF"}
@@ -63,7 +63,7 @@ async def read_image_attachment(
     With `interaction`, a large file is acknowledged (privately) before the download, which could
     outlast Discord's 3 s; replies then go through bot.views.refuse / post_queued.
     """
-    name = attachment.filename
+    name = in_code(attachment.filename)  # shown in public notes: `@everyone <@&role>.gif` must not ping
     if attachment.size == 0:
         raise BadImage(f"`{name}` is empty (0 bytes): attach the image again.")
     if attachment.size > limits.max_bytes:
@@ -87,6 +87,7 @@ def may_be_slow(attachment: discord.Attachment) -> bool:
 
 
 def check_image(data: bytes, name: str, limits: ImageLimits) -> InputImage:
+    name = in_code(name)
     if not data:
         raise BadImage(f"`{name}` is empty (0 bytes): attach the image again.")
     if len(data) > limits.max_bytes:

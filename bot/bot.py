@@ -14,7 +14,7 @@ from discord.ext import commands
 from bot.config import Config
 from bot.engine_client import EngineClient
 from bot.jobs import ExternalWait, JobService
-from bot.policy import Policy
+from bot.policy import DMS_OFF, Policy
 from bot.settings import GuildSettings
 from bot.store import JobStore
 from bot.views import DYNAMIC_ITEMS
@@ -24,10 +24,32 @@ log = logging.getLogger("bot")
 INITIAL_EXTENSIONS = ("cogs.imagine", "cogs.control", "cogs.upscale", "cogs.admin", "cogs.queue")
 
 
+class ZImageTree(app_commands.CommandTree):
+    async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
+        """A DM reaching a guild-only install (an old client, a cached command): a clear refusal."""
+        config: Config = interaction.client.config  # type: ignore[attr-defined]
+        if interaction.guild_id is not None or config.discord.dms == "on":
+            return True
+        if interaction.type == discord.InteractionType.application_command:
+            await interaction.response.send_message(DMS_OFF, ephemeral=True)
+        return False
+
+
 class ZImageBot(commands.Bot):
     def __init__(self, config: Config, store: JobStore, engine: EngineClient, external_wait: ExternalWait | None):
         intents = discord.Intents.default()  # slash commands and buttons need no privileged intents
-        super().__init__(command_prefix=commands.when_mentioned, intents=intents, help_command=None)
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=intents,
+            help_command=None,
+            # No stray pings: nothing a message says pings anyone unless that send allows it (only the
+            # result's mention of its requester does).
+            allowed_mentions=discord.AllowedMentions.none(),
+            tree_cls=ZImageTree,
+            # dms = "off": the commands are installed for servers only; "on" adds the bot's DMs.
+            allowed_contexts=app_commands.AppCommandContext(guild=True, dm_channel=config.discord.dms == "on"),
+            allowed_installs=app_commands.AppInstallationType(guild=True, user=False),
+        )
         self.config = config
         self.store = store
         self.engine = engine

@@ -70,7 +70,9 @@ class Delivery:
         if job.state == JobState.CANCELLED:
             text = job.error or "Cancelled."
         else:
-            text = f"<@{job.user_id}> that failed: {job.error}"
+            text = (
+                f"<@{job.user_id}> that failed: {discord.utils.escape_mentions(job.error or '')}"  # it may quote a name
+            )
         await self.edit_status(job, content=text, view=None, attachments=[])
 
     def progress_handler(self, job: JobRecord) -> Callable[[Progress], Awaitable[None]]:

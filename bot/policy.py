@@ -19,6 +19,8 @@ from bot.queue import format_eta
 from bot.settings import GuildSettings
 from engine.jobspec import MODEL_DEFAULTS, JobKind, JobSpec, ModelName
 
+DMS_OFF = "I make images only in servers: the operator has turned DMs off. Use my commands in a server channel."
+
 
 @dataclass(frozen=True)
 class Admission:
@@ -42,6 +44,8 @@ class Policy:
     async def check(self, interaction: discord.Interaction, command: str, spec: JobSpec) -> Admission:
         """Raise Refused, or admit the spec with this guild's defaults filled in (model, steps)."""
         guild_id = interaction.guild_id
+        if guild_id is None and self.settings.config.discord.dms != "on":  # a button on an old DM result
+            raise Refused(DMS_OFF)
         rules = await self.settings.all(guild_id)
         if guild_id is not None:
             self._check_place(interaction, command, rules)

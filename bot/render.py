@@ -145,6 +145,16 @@ def reproduce_command(spec: JobSpec, extras: JobExtras, seed: int | None = None)
     return " ".join(part for part in parts if part)
 
 
+def escaped(text: str) -> str:
+    """User text (a prompt, a style or LoRA name) in message content: shown as typed, never a ping or markup."""
+    return discord.utils.escape_mentions(discord.utils.escape_markdown(text))
+
+
+def in_code(text: str) -> str:
+    """User text shown inside `inline code` (file names): a backtick would end it early; no pings either."""
+    return discord.utils.escape_mentions(text.replace("`", "ˋ"))
+
+
 def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 

@@ -9,7 +9,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.errors import Refused
-from bot.render import ASPECTS, size_for_aspect
+from bot.render import ASPECTS, in_code, size_for_aspect
 from bot.store import JobExtras
 from bot.submit import enqueue, refuse
 from engine.jobspec import JobKind, JobSpec, ModelName, installed_loras
@@ -75,7 +75,9 @@ class Imagine(commands.Cog):
             if not installed:
                 raise Refused("This bot has no LoRAs installed; leave the lora option empty.")
             more = f" and {len(installed) - 20} more" if len(installed) > 20 else ""
-            raise Refused(f"There is no LoRA named `{lora}` here. Installed: {', '.join(installed[:20])}{more}.")
+            raise Refused(
+                f"There is no LoRA named `{in_code(lora)}` here. Installed: {', '.join(installed[:20])}{more}."
+            )
 
 
 async def setup(bot) -> None:
