@@ -16,6 +16,7 @@ os.environ.setdefault(
 
 
 from tests.helpers import LORA_DIR  # noqa: E402  (after the cache folder is chosen)
+from tests.redis_fixture import redis_prefix, redis_server  # noqa: E402, F401  (fixtures)
 
 
 @pytest.fixture(scope="session")
