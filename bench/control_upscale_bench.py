@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
-from bench.engine_bench import sync_time  # noqa: E402
+from bench.engine_bench import peak_rss_gib, sync_time  # noqa: E402
 
 REFERENCE_H100 = {"control_1024_8step_eager_s": 2.31, "control_1024_8step_target_s": 1.4}
 CONTROLNET_SCALE = 0.2  # like the random DiTs: keeps activations finite through random layers
@@ -55,7 +55,7 @@ def build(smoke: bool):
     if smoke:
         from engine.pipeline import PooledPipeline
 
-        options = EngineOptions(models="tiny", device="cpu")
+        options = EngineOptions(weights="tiny", device="cpu")
         return PooledPipeline(options).load(), options, None
     from diffsynth.models.z_image_controlnet import ZImageControlNet
 
@@ -70,7 +70,7 @@ def build(smoke: bool):
     for parameter in controlnet.parameters():
         parameter.data.mul_(CONTROLNET_SCALE)
     pooled.pipe.controlnet = controlnet
-    options = EngineOptions(models="zimage", device="cuda")
+    options = EngineOptions(weights="zimage", device="cuda")
     # A random x4plus file loaded through the engine's own loader, put where run_upscale_job looks.
     from basicsr.archs.rrdbnet_arch import RRDBNet  # after engine.upscale, which aliases functional_tensor
 
@@ -157,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                 round(torch.cuda.max_memory_allocated() / 2**30, 2),
             )
 
+    record("peak_rss_GiB", peak_rss_gib())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     print(f"wrote {args.out}", file=sys.stderr)

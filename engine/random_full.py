@@ -57,7 +57,7 @@ def _random_dit(seed: int) -> ZImageDiT:
 
 def build_random_full_pipeline(device: str = "cuda") -> PooledPipeline:
     """A PooledPipeline with full-size random Turbo and Base DiTs, Qwen3-4B text encoder and Flux VAE in bf16."""
-    pooled = PooledPipeline(EngineOptions(models="zimage", device=device))
+    pooled = PooledPipeline(EngineOptions(weights="zimage", device=device))
     pipe = pooled.pipe
     previous_device, previous_dtype = torch.get_default_device(), torch.get_default_dtype()
     torch.set_default_device(pooled.device)
