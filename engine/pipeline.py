@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import types
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -28,14 +29,26 @@ from engine.models import Component, components_for, resolve
 log = logging.getLogger("engine.pipeline")
 
 
-def _timestep_embedding_in_weight_dtype(self, t):
-    # DiffSynth casts the timestep embedding to bfloat16 before the MLP; on CPU we run float32
-    # (bf16 convolutions are ~170x slower there), so cast to whatever the weights are.
-    frequencies = self.timestep_embedding(t, self.frequency_embedding_size)
-    return self.mlp(frequencies.to(self.mlp[0].weight.dtype))
+def compute_timestep_embeddings_in(dit: torch.nn.Module, dtype: torch.dtype) -> None:
+    """DiffSynth's TimestepEmbedder casts to bfloat16 before its MLP, whatever the pipeline computes in.
+
+    On the CPU we compute in float32 (bf16 convolutions are ~170x slower there), so there, and only
+    there, each embedder of `dit` casts to the computation dtype instead (not to its weights' dtype,
+    which under VRAM management is the storage dtype). DiffSynth's class itself is left alone.
+    """
+    if dtype == torch.bfloat16:
+        return
+    for module in dit.modules():
+        if isinstance(module, z_image_dit.TimestepEmbedder):
+            module.forward = types.MethodType(_timestep_forward_in(dtype), module)
 
 
-z_image_dit.TimestepEmbedder.forward = _timestep_embedding_in_weight_dtype
+def _timestep_forward_in(dtype: torch.dtype):
+    def forward(self, t):
+        frequencies = self.timestep_embedding(t, self.frequency_embedding_size)
+        return self.mlp(frequencies.to(dtype))
+
+    return forward
 
 
 # Both DiTs, the text encoder and the VAE in bf16 need ~41 GB: everything stays on a card of at
@@ -83,6 +96,7 @@ class PooledPipeline:
                 continue
             model = self._load_component(pool, component, paths[component.slot])
             if component.slot.startswith("dit_"):
+                compute_timestep_embeddings_in(model, self.dtype)
                 self.dits[component.slot.removeprefix("dit_")] = model
             else:  # text_encoder, vae_*, controlnet: the ControlNet only acts when a job passes controlnet_inputs
                 setattr(self.pipe, component.slot, model)
