@@ -25,6 +25,7 @@ from engine.device import pick_device, pick_dtype
 from engine.jobspec import BadInput, EngineOptions, installed_loras
 from engine.lora import check_fits, hot_load_layers, read_lora, to_diffsynth_layout
 from engine.models import Component, components_for, resolve
+from engine.vae_tiling import tile_large_decodes
 
 log = logging.getLogger("engine.pipeline")
 
@@ -99,6 +100,8 @@ class PooledPipeline:
                 compute_timestep_embeddings_in(model, self.dtype)
                 self.dits[component.slot.removeprefix("dit_")] = model
             else:  # text_encoder, vae_*, controlnet: the ControlNet only acts when a job passes controlnet_inputs
+                if component.slot == "vae_decoder":
+                    tile_large_decodes(model)  # above ~2 MP: a whole decode would not fit beside the DiTs
                 setattr(self.pipe, component.slot, model)
         tokenizer_folder = paths["tokenizer"][0].rsplit("/", 1)[0]
         self.pipe.tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)

@@ -21,6 +21,7 @@ from transformers import PreTrainedTokenizerFast
 from engine.jobspec import EngineOptions
 from engine.pipeline import PooledPipeline
 from engine.tiny import CHAT_TEMPLATE, SPECIAL_TOKENS
+from engine.vae_tiling import tile_large_decodes
 
 # The reference benchmark's prompt (~80 words), so timings compare with DESIGN.md's.
 BENCH_PROMPT = (
@@ -69,6 +70,7 @@ def build_random_full_pipeline(device: str = "cuda") -> PooledPipeline:
         torch.manual_seed(SEEDS["vae"])
         pipe.vae_encoder = FluxVAEEncoder(use_conv_attention=False).eval().requires_grad_(False)
         pipe.vae_decoder = FluxVAEDecoder(use_conv_attention=False).eval().requires_grad_(False)
+        tile_large_decodes(pipe.vae_decoder)  # as PooledPipeline.load does
     finally:
         torch.set_default_device(previous_device)
         torch.set_default_dtype(previous_dtype)
