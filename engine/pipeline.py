@@ -56,6 +56,8 @@ def _timestep_forward_in(dtype: torch.dtype):
 # least 44 GB with 42 GB of it free (another process may hold some); otherwise idle models are offloaded.
 FULLY_RESIDENT_MIN_GB = 44.0
 FULLY_RESIDENT_FREE_GB = 42.0
+# In low-VRAM mode these stay on disk until used: Base and the ControlNet serve fewer jobs than Turbo.
+DISK_OFFLOADED_IN_LOW_VRAM = ("dit_base", "controlnet")
 # DiffSynth's encode_prompt pads the chat-templated prompt to this many tokens and silently cuts the rest.
 MAX_PROMPT_TOKENS = 512
 
@@ -133,7 +135,16 @@ class PooledPipeline:
         free, total = (size / 2**30 for size in torch.cuda.mem_get_info(torch.device(self.device)))
         return self.options.weights == "zimage" and (total < FULLY_RESIDENT_MIN_GB or free < FULLY_RESIDENT_FREE_GB)
 
-    def _vram_config(self) -> dict:
+    def _vram_config(self, slot: str = "") -> dict:
+        if self.low_vram and slot in DISK_OFFLOADED_IN_LOW_VRAM:
+            # Weights stay in their files (mapped, not resident) and go straight to the GPU when used:
+            # host RAM holds Turbo, the text encoder and the VAE only (~21 GB, not ~40).
+            return {
+                "offload_dtype": "disk", "offload_device": "disk",
+                "onload_dtype": "disk", "onload_device": "disk",
+                "preparing_dtype": self.dtype, "preparing_device": self.device,
+                "computation_dtype": self.dtype, "computation_device": self.device,
+            }  # fmt: skip
         if not self.low_vram:
             # Everything resident on the compute device: no VRAM management at all.
             return {
@@ -162,7 +173,7 @@ class PooledPipeline:
         if component.state_dict_converter:
             config["state_dict_converter"] = component.state_dict_converter
         path = paths[0] if len(paths) == 1 else paths
-        return pool.load_model_file(config, path, self._vram_config(), vram_limit=self._vram_limit())
+        return pool.load_model_file(config, path, self._vram_config(component.slot), vram_limit=self._vram_limit())
 
     def compile(self) -> None:
         """Regional torch.compile of the repeated DiT blocks of both DiTs, then one warm-up image each."""
