@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -15,13 +16,14 @@ from bot.config import Config
 from bot.engine_client import EngineClient
 from bot.jobs import ExternalWait, JobService
 from bot.policy import DMS_OFF, Policy
+from bot.privacy import Retention
 from bot.settings import GuildSettings
 from bot.store import JobStore
 from bot.views import DYNAMIC_ITEMS
 
 log = logging.getLogger("bot")
 
-INITIAL_EXTENSIONS = ("cogs.imagine", "cogs.control", "cogs.upscale", "cogs.admin", "cogs.queue")
+INITIAL_EXTENSIONS = ("cogs.imagine", "cogs.control", "cogs.upscale", "cogs.admin", "cogs.queue", "cogs.privacy")
 
 
 class ZImageTree(app_commands.CommandTree):
@@ -57,6 +59,7 @@ class ZImageBot(commands.Bot):
         self.jobs = JobService(self, store, engine, config, external_wait=external_wait, clock=lambda: self.clock())
         self.guild_settings = GuildSettings(store, config)
         self.policy = Policy(self.guild_settings, clock=lambda: self.clock())
+        self.retention = Retention(store, config.storage.keep_days, clock=lambda: self.clock())
         self.tree.error(self.on_app_command_error)
 
     async def setup_hook(self) -> None:
@@ -72,9 +75,11 @@ class ZImageBot(commands.Bot):
             await self.engine.start()  # returns at once; models load in the engine process meanwhile
         await self.jobs.recover()
         self.jobs.start()
+        self.retention.start(sleep=lambda seconds: self.jobs.external_wait(asyncio.sleep(seconds), "retention"))
         await self.sync_commands_if_changed()
 
     async def close(self) -> None:
+        await self.retention.stop()
         await self.jobs.stop()
         await super().close()
 

@@ -27,7 +27,7 @@ from bot.screening import (
     screen,
     tell_requester,
 )
-from bot.store import FINAL_STATES, JobRecord, JobState, JobStore
+from bot.store import FINAL_STATES, JobRecord, JobState, JobStore, StorageError
 from bot.views import result_view
 from engine.jobspec import JobKind
 from engine.protocol import Progress, Result
@@ -98,6 +98,7 @@ class Delivery:
     async def fail(self, job_id: str, exc: Exception) -> None:
         """The job could not be run or posted: say so on its status message, so nobody waits for it."""
         reason = FORBIDDEN_REASON if isinstance(exc, discord.Forbidden) else BROKEN_REASON
+        reason = str(exc) if isinstance(exc, StorageError) else reason  # disk full: say so
         await self.store.update_job(job_id, state=JobState.FAILED, error=reason, finished_at=self.clock())
         await self.show_end(job_id)
 

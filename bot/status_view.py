@@ -23,6 +23,10 @@ class CancelButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"zi:can
     async def callback(self, interaction: discord.Interaction) -> None:
         may_cancel_others = bool(interaction.permissions.manage_guild)
         jobs = interaction.client.jobs  # type: ignore[attr-defined]
+        job = await jobs.store.get_job(self.job_id)
+        if job is not None and job.guild_id != interaction.guild_id:  # a crafted custom_id from elsewhere
+            await interaction.response.send_message("That button does not belong to this server.", ephemeral=True)
+            return
         reply = await jobs.cancel(self.job_id, interaction.user.id, may_cancel_others=may_cancel_others)
         await interaction.response.send_message(reply, ephemeral=True)
 

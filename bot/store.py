@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from importlib import resources
@@ -35,6 +37,7 @@ class JobState(StrEnum):
 
 
 FINAL_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED})
+TOMBSTONE_SECONDS = 2 * 86400  # quotas and cooldowns look back a day at most
 
 
 @dataclass(frozen=True)
@@ -201,19 +204,81 @@ class JobStore:
         return await self.jobs_in_state(JobState.QUEUED)
 
     async def count_user_images_since(self, user_id: int, guild_id: int | None, since: float) -> int:
+        """Images counted against a quota, deleted jobs' included (their tombstones)."""
         query = (
-            "SELECT COALESCE(SUM(json_extract(params, '$.spec.count')), 0) FROM jobs"
-            " WHERE user_id = ? AND guild_id IS ? AND created_at >= ? AND state != 'cancelled'"
+            "SELECT (SELECT COALESCE(SUM(json_extract(params, '$.spec.count')), 0) FROM jobs"
+            "  WHERE user_id = ? AND guild_id IS ? AND created_at >= ? AND state != 'cancelled')"
+            " + (SELECT COALESCE(SUM(images), 0) FROM usage_tombstones"
+            "  WHERE user_id = ? AND guild_id IS ? AND created_at >= ?)"
         )
-        async with self.db.execute(query, (user_id, guild_id, since)) as cursor:
+        async with self.db.execute(query, (user_id, guild_id, since) * 2) as cursor:
             row = await cursor.fetchone()
         return int(row[0]) if row else 0
 
     async def last_job_time(self, user_id: int, guild_id: int | None) -> float | None:
-        query = "SELECT MAX(created_at) FROM jobs WHERE user_id = ? AND guild_id IS ? AND state != 'cancelled'"
-        async with self.db.execute(query, (user_id, guild_id)) as cursor:
+        query = (
+            "SELECT MAX(t) FROM (SELECT MAX(created_at) AS t FROM jobs"
+            "  WHERE user_id = ? AND guild_id IS ? AND state != 'cancelled'"
+            " UNION ALL SELECT MAX(created_at) FROM usage_tombstones WHERE user_id = ? AND guild_id IS ?)"
+        )
+        async with self.db.execute(query, (user_id, guild_id) * 2) as cursor:
             row = await cursor.fetchone()
         return row[0] if row else None
+
+    async def add_report(self, job_id: str, user_id: int) -> bool:
+        """Record a member's report of a result; False when they reported it before."""
+        cursor = await self.db.execute(
+            "INSERT OR IGNORE INTO reports (job_id, user_id, reported_at) VALUES (?, ?, ?)",
+            (job_id, user_id, self.clock()),
+        )
+        await self.db.commit()
+        return cursor.rowcount == 1
+
+    # -- deleting: the Delete button, /forget, /config purge-user, retention -------------------
+
+    async def delete_jobs(self, job_ids: Sequence[str]) -> int:
+        """Delete jobs with their inputs and results, files first. Queued and running jobs are never
+        deleted here (the caller cancels them). A tombstone keeps what quotas need. Returns the count."""
+        jobs = [job for job in [await self.get_job(job_id) for job_id in job_ids] if job is not None]
+        jobs = [job for job in jobs if job.state in FINAL_STATES]
+        for job in jobs:
+            for result in await self.results_for(job.id):
+                Path(result.path).unlink(missing_ok=True)
+            if job.input_path:
+                Path(job.input_path).unlink(missing_ok=True)
+        for job in jobs:
+            if job.state != JobState.CANCELLED and job.created_at >= self.clock() - TOMBSTONE_SECONDS:
+                await self.db.execute(
+                    "INSERT INTO usage_tombstones (user_id, guild_id, created_at, images) VALUES (?, ?, ?, ?)",
+                    (job.user_id, job.guild_id, job.created_at, job.spec.count),
+                )
+            await self.db.execute("DELETE FROM results WHERE job_id = ?", (job.id,))
+            await self.db.execute("DELETE FROM reports WHERE job_id = ?", (job.id,))
+            await self.db.execute("DELETE FROM jobs WHERE id = ?", (job.id,))
+        await self.db.commit()
+        return len(jobs)
+
+    async def job_ids_of_user(self, user_id: int, guild_id: int | None = None) -> list[str]:
+        """A member's ended jobs (on one server, or everywhere when guild_id is None)."""
+        query, args = "SELECT id FROM jobs WHERE user_id = ?", [user_id]
+        if guild_id is not None:
+            query, args = query + " AND guild_id = ?", [*args, guild_id]
+        async with self.db.execute(query, args) as cursor:
+            return [row[0] for row in await cursor.fetchall()]
+
+    async def prune(self, older_than: float) -> int:
+        """Retention: ended jobs that ended before `older_than` (wall clock), with their files; and old
+        tombstones. Queued and running jobs are kept whatever their age."""
+        query = (
+            "SELECT id FROM jobs WHERE state IN ('done', 'failed', 'cancelled')"
+            " AND COALESCE(finished_at, created_at) < ?"
+        )
+        async with self.db.execute(query, (older_than,)) as cursor:
+            ids = [row[0] for row in await cursor.fetchall()]
+        deleted = await self.delete_jobs(ids)
+        await self.db.execute("DELETE FROM usage_tombstones WHERE created_at < ?", (self.clock() - TOMBSTONE_SECONDS,))
+        await self.db.commit()
+        return deleted
 
     # -- guild settings -----------------------------------------------------------------------
 
@@ -262,17 +327,24 @@ class JobStore:
 
     def save_input(self, job_id: str, data: bytes) -> str:
         path = self.input_path(job_id)
-        path.write_bytes(data)
+        write_file(path, data)
         return str(path)
 
     async def add_results(self, job_id: str, images: list[bytes], spec: JobSpec) -> None:
-        """The images of a finished job; image `index` records `spec.for_image(index)`."""
-        rows = []
-        for index, png in enumerate(images):
-            path = self.data_dir / "results" / f"{job_id}-{index}.png"
-            path.write_bytes(png)
-            own = spec.for_image(index)
-            rows.append((job_id, index, own.seed, str(path), json.dumps(own.to_dict())))
+        """The images of a finished job; image `index` records `spec.for_image(index)`.
+        A failed write (disk full) leaves no file of this job behind and raises StorageError."""
+        rows, written = [], []
+        try:
+            for index, png in enumerate(images):
+                path = self.data_dir / "results" / f"{job_id}-{index}.png"
+                write_file(path, png)
+                written.append(path)
+                own = spec.for_image(index)
+                rows.append((job_id, index, own.seed, str(path), json.dumps(own.to_dict())))
+        except StorageError:
+            for path in written:
+                path.unlink(missing_ok=True)
+            raise
         await self.db.executemany(
             "INSERT OR REPLACE INTO results (job_id, idx, seed, path, parameters) VALUES (?, ?, ?, ?, ?)", rows
         )
@@ -285,6 +357,23 @@ class JobStore:
             ResultImage(r["job_id"], r["idx"], r["seed"], r["path"], JobSpec.from_dict(json.loads(r["parameters"])))
             for r in rows
         ]
+
+
+class StorageError(OSError):
+    """The data directory is full or unwritable; the message is for the user and the operator."""
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """Write to a temporary name, then rename: a failed write never leaves a partial file."""
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise StorageError(
+            f"the bot could not store the image ({exc.strerror or exc}); the operator must free disk space."
+        ) from exc
 
 
 def _job_from_row(row: aiosqlite.Row) -> JobRecord:

@@ -15,7 +15,7 @@ import discord
 
 from bot.errors import Refused
 from bot.status_view import status_view
-from bot.store import JobExtras
+from bot.store import JobExtras, StorageError
 from engine.jobspec import JobKind, JobSpec
 
 if TYPE_CHECKING:
@@ -76,6 +76,9 @@ async def enqueue(
         submitted = await bot.jobs.submit(request)
     except Refused as exc:
         await refuse(interaction, str(exc))
+        return
+    except StorageError as exc:  # disk full: this request fails, the bot and everything else carry on
+        await refuse(interaction, f"I can't take jobs right now: {exc}")
         return
     text = f"{label} — position {submitted.position}, ETA {submitted.eta} (job `{submitted.job.id}`)"
     await post_queued(interaction, text + "".join(f"\n{note}" for note in notes), submitted.job.id)

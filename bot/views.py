@@ -14,6 +14,7 @@ from pathlib import Path
 import discord
 
 from bot.render import info_embed
+from bot.reports import NOT_HERE, ModDeleteButton, ReportButton, clicked_on_its_result
 from bot.status_view import ID, CancelButton
 from bot.store import JobExtras, JobRecord, JobState, ResultImage
 from bot.submit import bot_of, enqueue, enqueue_upscale
@@ -23,7 +24,12 @@ from engine.jobspec import JobKind, JobSpec
 async def _finished_job(interaction: discord.Interaction, job_id: str) -> JobRecord | None:
     job = await bot_of(interaction).store.get_job(job_id)
     if job is None or job.state != JobState.DONE:
-        await interaction.response.send_message("That result is no longer in the bot's records.", ephemeral=True)
+        await interaction.response.send_message(
+            "That result is no longer in the bot's records (deleted, or past this bot's retention).", ephemeral=True
+        )
+        return None
+    if not clicked_on_its_result(job, interaction):
+        await interaction.response.send_message(NOT_HERE, ephemeral=True)
         return None
     return job
 
@@ -141,25 +147,38 @@ class DeleteButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"zi:del
         return cls(match["job"])
 
     async def callback(self, interaction: discord.Interaction) -> None:
-        job = await bot_of(interaction).store.get_job(self.job_id)
-        may_manage = interaction.permissions.manage_messages
-        if job is not None and job.user_id != interaction.user.id and not may_manage:
+        """Deleting means deleting: the message, then the job's files and rows."""
+        store = bot_of(interaction).store
+        job = await store.get_job(self.job_id)
+        if job is not None and not clicked_on_its_result(job, interaction):
+            await interaction.response.send_message(NOT_HERE, ephemeral=True)
+            return
+        message = interaction.message
+        # A pruned job has no record: the mention in the result's content still names its requester.
+        mentioned = message.raw_mentions if message is not None else []
+        requester = job.user_id if job is not None else (mentioned[0] if mentioned else None)
+        if requester != interaction.user.id and not interaction.permissions.manage_messages:
             await interaction.response.send_message(
                 "Only the person who asked for this image, or a member with Manage Messages, can delete it.",
                 ephemeral=True,
             )
             return
         await interaction.response.defer()
-        if interaction.message is not None:
-            await interaction.message.delete()
+        if message is not None:
+            await message.delete()
+        if job is not None:
+            await store.delete_jobs([job.id])
 
 
-DYNAMIC_ITEMS = (RerollButton, VaryButton, UpscaleButton, InfoButton, DeleteButton, CancelButton)
+DYNAMIC_ITEMS = (
+    RerollButton, VaryButton, UpscaleButton, InfoButton, DeleteButton, CancelButton, ReportButton, ModDeleteButton,
+)  # fmt: skip
 
 
 def result_view(job_id: str, count: int, kind: str = JobKind.TXT2IMG) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
     if kind == JobKind.UPSCALE:  # an upscale has no prompt to reroll, vary or show
+        view.add_item(ReportButton(job_id))
         view.add_item(DeleteButton(job_id))
         return view
     view.add_item(RerollButton(job_id))
@@ -172,5 +191,6 @@ def result_view(job_id: str, count: int, kind: str = JobKind.TXT2IMG) -> discord
         for index in range(count):
             view.add_item(UpscaleButton(job_id, index, label=f"U{index + 1}"))
     view.add_item(InfoButton(job_id))
+    view.add_item(ReportButton(job_id))
     view.add_item(DeleteButton(job_id))
     return view

@@ -9,6 +9,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.privacy import forget_user
 from bot.settings import SETTINGS, SettingError, describe
 
 SETTING_CHOICES = [app_commands.Choice(name=f"{key} — {s.description}"[:100], value=key) for key, s in SETTINGS.items()]
@@ -20,6 +21,8 @@ VALUE_HINTS = {
     "roles": ["everyone"],
     "patterns": ["separate several patterns with ;;"],
     "words": ["word one, word two"],
+    "nsfw": ["block", "spoiler"],
+    "channel": ["none"],
 }
 
 
@@ -91,6 +94,14 @@ class ConfigCommands(app_commands.Group, name="config", description="This server
         await self.bot.guild_settings.reset(interaction.guild_id, setting, interaction.user.id)
         what = f"`{setting}` is" if setting else "All settings are"
         await interaction.response.send_message(f"{what} back to the default.", ephemeral=True)
+
+    @app_commands.command(name="purge-user", description="Delete everything the bot stores for a member here")
+    @app_commands.describe(member="Whose jobs, attached images and results to delete (on this server)")
+    async def purge_user(self, interaction: discord.Interaction, member: discord.User) -> None:
+        if await _refuse_non_admin(interaction):
+            return
+        forgotten = await forget_user(self.bot.jobs, member.id, interaction.guild_id)
+        await interaction.response.send_message(forgotten.summary(f"{member.mention} on this server"), ephemeral=True)
 
     @app_commands.command(name="history", description="The last changes: who, what, when")
     async def history(self, interaction: discord.Interaction) -> None:

@@ -48,6 +48,8 @@ class Imagine(commands.Cog):
         lora_strength: app_commands.Range[float, -2.0, 2.0] = 1.0,
     ) -> None:
         try:
+            if aspect not in ASPECTS:  # the choices are a suggestion a crafted interaction can ignore
+                raise Refused(f"Unknown aspect; choose one of {', '.join(ASPECTS)}.")
             self._check_lora(lora)
         except Refused as exc:
             await refuse(interaction, str(exc))

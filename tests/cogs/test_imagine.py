@@ -30,7 +30,7 @@ async def test_imagine_acknowledges_shows_progress_and_posts_a_result(engine_cli
         fields = {f.name: f.value for f in posted.embeds[0].fields}
         assert fields["Seed"] == "1" and fields["Model"] == "Z-Image-Turbo" and fields["Steps · CFG"] == "4 · 1"
         labels = [c.label for row in posted.components for c in row.children]
-        assert labels == ["Reroll", "Vary", "Upscale", "Info", "Delete"]
+        assert labels == ["Reroll", "Vary", "Upscale", "Info", "Report", "Delete"]
 
         progress = [text for text in world.contents_sent() if "Generating… step" in text]
         assert progress and progress[0].startswith("Generating… step 1/4"), world.contents_sent()
@@ -74,7 +74,7 @@ async def test_count_four_posts_a_grid_with_v_buttons(engine_client, tmp_path):
         grid = Image.open(io.BytesIO(await posted.attachments[0].read()))
         assert grid.size == (128, 128)
         labels = [c.label for row in posted.components for c in row.children]
-        assert labels == ["Reroll", "V1", "V2", "V3", "V4", "U1", "U2", "U3", "U4", "Info", "Delete"]
+        assert labels == ["Reroll", "V1", "V2", "V3", "V4", "U1", "U2", "U3", "U4", "Info", "Report", "Delete"]
         assert {f.name: f.value for f in posted.embeds[0].fields}["Seeds"] == "3, 4, 5, 6"
         results = await world.bot.store.results_for(job_id)
         assert [r.seed for r in results] == [3, 4, 5, 6]

@@ -31,7 +31,7 @@ async def test_slash_upscale_and_the_message_menu(engine_client, tmp_path):
         assert upscaled.size == (96, 80) and posted.attachments[0].filename.endswith(".png")
         fields = fields_of(posted)
         assert fields["Size"] == "24×20 → 96×80" and fields["File"].startswith("PNG, ")
-        assert [c.label for row in posted.components for c in row.children] == ["Delete"]
+        assert [c.label for row in posted.components for c in row.children] == ["Report", "Delete"]
 
         photo = await world.bob.send(world.channel, "look", attachments=[("photo.png", encoded(noise((16, 16))))])
         before = len(world.contents_sent())
@@ -54,7 +54,7 @@ async def test_upscale_buttons_enqueue_the_exact_stored_image(engine_client, tmp
         await world.wait_job(job_id)
         grid = world.bot_messages()[-1]
         labels = [c.label for row in grid.components for c in row.children]
-        assert labels == ["Reroll", "V1", "V2", "U1", "U2", "Info", "Delete"]
+        assert labels == ["Reroll", "V1", "V2", "U1", "U2", "Info", "Report", "Delete"]
         clicked = await world.bob.click(grid, label="U2")
         queued = [t for t in world.contents_sent() if t.startswith("Upscale x4 queued")]
         assert not clicked.ephemeral and queued  # the status message itself is deleted once the result is out
