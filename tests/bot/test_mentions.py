@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import io
 
-from PIL import Image
-
 from tests.helpers import discord_world, drawing, noise
 
 ROLE = "<@&123456789012345678>"

@@ -162,3 +162,27 @@ async def test_an_imagine_result_carries_the_engines_scores(engine_client, tmp_p
         job = await world.wait_job(job_id)
         assert job.state == "done"  # a tiny-model image is not flagged: posted
         assert world.bot_messages()[-1].attachments
+
+
+@needs_model
+async def test_in_dms_a_flagged_result_is_always_blocked(engine_client, tmp_path, scored):
+    png, score = scored["flagged"]
+    async with discord_world(engine_client, tmp_path, discord={"dms": "on"}) as world:
+        dm = world.env.backend.get_dm_channel(world.alice.id)
+        job = await queued_job(world, world.channel)
+        job.guild_id, job.channel_id = None, dm.id
+        await world.bot.jobs.delivery.deliver(job, result_for(job, png, score))
+        await world.env.settle()
+        notes = [m.content for m in dms_to(world, world.alice)]
+        assert len(notes) == 1 and "never in DMs" in notes[0]  # the note, and no image
+
+
+def test_the_nsfw_and_report_channel_settings_parse():
+    from bot.config import Config
+    from bot.settings import SETTINGS, SettingError, parse_value
+
+    assert parse_value(SETTINGS["nsfw"], " Spoiler ", Config()) == "spoiler"
+    with pytest.raises(SettingError, match="block .* or spoiler"):
+        parse_value(SETTINGS["nsfw"], "allow", Config())
+    assert parse_value(SETTINGS["report_channel"], "<#123456789012345678>", Config()) == 123456789012345678
+    assert parse_value(SETTINGS["report_channel"], "none", Config()) is None
