@@ -75,8 +75,7 @@ class JobService:
         self.config = config
         self.queue = queue or FairQueue(config.queue.per_user, config.queue.total)
         self.estimator = DurationEstimator()
-        # Tests (simcord) declare the dispatcher's long waits as external; in production it is a plain await.
-        self.external_wait = external_wait or _no_external_wait
+        self.external_wait = external_wait or _no_external_wait  # simcord's: the dispatcher's long waits
         self.clock = clock  # wall-clock time of every job timestamp; injectable for quota tests
         self.delivery = Delivery(client, store, config, clock)
         self.running: _Running | None = None
@@ -211,14 +210,11 @@ class JobService:
         finally:
             self.running = None
         if isinstance(outcome, Failure):
-            if outcome.kind == FailureKind.CANCELLED:
+            state, error = JobState.FAILED, outcome.message
+            if outcome.kind == FailureKind.CANCELLED:  # keep who cancelled it, as cancel() wrote it
                 fresh = await self.store.get_job(job.id)
-                error = fresh.error if fresh and fresh.error else outcome.message
-                await self.store.update_job(job.id, state=JobState.CANCELLED, error=error, finished_at=self.clock())
-            else:
-                await self.store.update_job(
-                    job.id, state=JobState.FAILED, error=outcome.message, finished_at=self.clock()
-                )
+                state, error = JobState.CANCELLED, (fresh.error if fresh and fresh.error else error)
+            await self.store.update_job(job.id, state=state, error=error, finished_at=self.clock())
             await self.delivery.show_end(job.id)
             return
         self._mark(job.id, "result")

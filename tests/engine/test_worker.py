@@ -129,6 +129,9 @@ def test_an_unrecoverable_gpu_error_ends_the_engine_without_an_answer(tiny_limit
     class DeadGpuPipeline:
         device = "meta"  # a device that computes nothing any more, as a GPU after an illegal memory access
 
+        def check_prompt_length(self, text, what="prompt"):
+            pass
+
         def use(self, model):
             raise torch.AcceleratorError("CUDA error: an illegal memory access was encountered")
 
@@ -151,6 +154,9 @@ def test_out_of_memory_answers_with_a_hint_and_the_worker_keeps_serving(tiny_lim
 
     class FullGpuPipeline:
         device = "cpu"  # still works: out of memory is not a broken device
+
+        def check_prompt_length(self, text, what="prompt"):
+            pass
 
         def use(self, model):
             if error == "torch":
