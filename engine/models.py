@@ -3,7 +3,8 @@
 Real weights come from the Hugging Face hub into its standard cache (`HF_HOME` respected)
 through `huggingface_hub`; we resolve the files ourselves and hand DiffSynth explicit paths,
 because DiffSynth's own downloader looks in `./models/<repo>/`, not in the HF cache.
-The tiny model has the same shape of manifest, pointing at files `engine/tiny.py` writes.
+The tiny model is the same manifest with tiny classes, in a Hugging Face cache that `engine/tiny.py`
+writes in the hub's layout, so both are found and loaded by the same code.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import glob
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from engine.jobspec import controlnet_file_modes
@@ -24,7 +25,7 @@ class Component:
     """One loadable piece of the pipeline."""
 
     slot: str  # where it goes: dit_turbo, dit_base, text_encoder, vae_encoder, vae_decoder, tokenizer, ...
-    repo_id: str | None  # Hugging Face repo; None for local files (the tiny model)
+    repo_id: str | None  # Hugging Face repo; None for a local file (the tiny upscaler)
     pattern: str  # glob inside the repo (or local folder); a folder for the tokenizer
     model_class: str | None  # dotted path of the DiffSynth class; None for the tokenizer
     extra_kwargs: dict = field(default_factory=dict)
@@ -112,24 +113,16 @@ TINY_UPSCALER_COMPONENT = Component(
 
 
 def tiny_components() -> tuple[Component, ...]:
+    """The real manifest (repos, file patterns, shard indexes, VAE converters) with the tiny classes."""
     from engine.tiny import TINY_DIT_KWARGS
 
-    dit = "diffsynth.models.z_image_dit.ZImageDiT"
-    return (
-        Component("dit_turbo", None, "dit_turbo.safetensors", dit, dict(TINY_DIT_KWARGS)),
-        Component("dit_base", None, "dit_base.safetensors", dit, dict(TINY_DIT_KWARGS)),
-        Component("text_encoder", None, "text_encoder.safetensors", "engine.tiny.TinyTextEncoder"),
-        Component(
-            "vae_encoder", None, "vae.safetensors", "diffsynth.models.flux_vae.FluxVAEEncoder",
-            {"use_conv_attention": False}, "engine.tiny.tiny_vae_encoder_converter",
-        ),
-        Component(
-            "vae_decoder", None, "vae.safetensors", "diffsynth.models.flux_vae.FluxVAEDecoder",
-            {"use_conv_attention": False}, "engine.tiny.tiny_vae_decoder_converter",
-        ),
-        Component("tokenizer", None, "tokenizer/*", None),
-        Component("controlnet", None, "controlnet.safetensors", "engine.tiny.TinyControlNet"),
-    )  # fmt: skip
+    tiny = {
+        "dit_turbo": {"extra_kwargs": dict(TINY_DIT_KWARGS)},
+        "dit_base": {"extra_kwargs": dict(TINY_DIT_KWARGS)},
+        "text_encoder": {"model_class": "engine.tiny.TinyTextEncoder"},
+        "controlnet": {"model_class": "engine.tiny.TinyControlNet"},
+    }
+    return tuple(replace(component, **tiny.get(component.slot, {})) for component in ZIMAGE_COMPONENTS)
 
 
 def components_for(models: str, controlnet_file: str = "") -> tuple[Component, ...]:
@@ -171,8 +164,13 @@ def resolve(models: str, components: tuple[Component, ...] | None = None) -> dic
     if models == "tiny":
         from engine.tiny import build_tiny_weights
 
-        folder = build_tiny_weights(tiny_dir())
-        return {c.slot: _component_paths(folder, c) for c in (components or tiny_components())}
+        cache = build_tiny_weights(tiny_dir())  # a Hugging Face cache laid out like the hub's
+        resolved, missing = _find_cached(components or tiny_components(), cache_dir=cache)
+        if missing:
+            raise MissingWeightsError(
+                missing, detail=f"The tiny model is incomplete: delete {tiny_dir()} to rebuild it."
+            )
+        return resolved
     if models != "zimage":
         raise ValueError(f'unknown models "{models}": use "zimage" or "tiny"')
 
@@ -190,11 +188,13 @@ def resolve_annotator(mode: str) -> Path:
     return Path(next(iter(resolved.values()))[0]).parent
 
 
-def _find_cached(components: tuple[Component, ...]) -> tuple[dict[str, list[str]], list[str]]:
+def _find_cached(
+    components: tuple[Component, ...], cache_dir: Path | None = None
+) -> tuple[dict[str, list[str]], list[str]]:
     resolved, missing = {}, []
     for component in components:
         patterns = [component.pattern] + ([component.index] if component.index else [])
-        folder = _cached_snapshot(component.repo_id, patterns)
+        folder = _cached_snapshot(component.repo_id, patterns, cache_dir)
         if folder is None:
             paths, absent = [], [component.pattern]
         elif component.index:
@@ -207,12 +207,12 @@ def _find_cached(components: tuple[Component, ...]) -> tuple[dict[str, list[str]
     return resolved, missing
 
 
-def _cached_snapshot(repo_id: str | None, patterns: list[str]) -> Path | None:
+def _cached_snapshot(repo_id: str | None, patterns: list[str], cache_dir: Path | None = None) -> Path | None:
     """The repo's snapshot folder in the HF cache, complete or not; None when nothing of it is cached."""
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True, cache_dir=cache_dir))
     except Exception as exc:  # LocalEntryNotFoundError: nothing cached; IncompleteSnapshotError: part of it
         partial = getattr(exc, "snapshot_path", None)
         return Path(partial) if partial else None

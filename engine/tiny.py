@@ -1,9 +1,12 @@
 """The tiny Z-Image: random weights in DiffSynth's own classes, small enough for a CPU.
 
 It is how developers and CI run every command without a GPU or a download. `build_tiny_weights`
-writes it to safetensors files plus a tokenizer folder, deterministically from a fixed seed,
-and `engine.models.resolve("tiny")` points the normal loading code at those files, so the path
-real weights take (ModelPool.load_model_file -> pipeline) is the path the tests exercise.
+writes it deterministically from a fixed seed, laid out the way the hub lays out the real weights:
+a Hugging Face cache (`hub/models--Tongyi-MAI--Z-Image-Turbo/snapshots/<rev>/…`) with sharded
+`transformer/` and `text_encoder/` folders and their `*.safetensors.index.json`, fp32 on disk, the
+VAE under diffusers key names (read through DiffSynth's diffusers converter), the tokenizer folder
+and the ControlNet file under their hub names. `engine.models.resolve("tiny")` then finds and loads
+it through exactly the code the real weights take (cache lookup, shard check, ModelPool.load_model_file).
 
 The VAE is the real Flux VAE architecture (random weights): shrinking it would change the
 latent layout the pipeline relies on, and at 64x64 it costs little.
@@ -24,7 +27,8 @@ from safetensors.torch import save_file
 from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3Model
 
 TINY_SEED = 20261123
-TINY_FORMAT = 3  # bump when the recipe changes, so cached files are rebuilt
+TINY_FORMAT = 4  # bump when the recipe changes, so cached files are rebuilt
+TINY_REVISION = "0" * 39 + "1"  # the fake cache's commit hash
 
 TINY_DIT_KWARGS = dict(
     dim=64, n_layers=2, n_refiner_layers=1, n_heads=4, n_kv_heads=4, cap_feat_dim=64, axes_dims=[4, 6, 6]
@@ -114,48 +118,96 @@ def _tiny_dit() -> ZImageDiT:
 
 
 def build_tiny_weights(directory: Path) -> Path:
-    """Write the tiny model's files into `directory` (idempotent) and return it."""
+    """Write the tiny model into a Hugging Face cache under `directory` (idempotent); return the cache."""
+    from engine import models
+
     directory = Path(directory)
-    stamp = directory / "tiny.json"
+    cache, stamp = directory / "hub", directory / "tiny.json"
     if stamp.exists() and json.loads(stamp.read_text()).get("format") == TINY_FORMAT:
-        return directory
-    directory.mkdir(parents=True, exist_ok=True)
-    tokenizer = tiny_tokenizer()
+        return cache
+    turbo = hub_snapshot(cache, models.TURBO_REPO)
     # Two DiTs from different seeds stand for Turbo and Base; the tests check the swap is real.
-    for index, name in enumerate(("dit_turbo", "dit_base")):
+    for index, repo in enumerate((models.TURBO_REPO, models.BASE_REPO)):
         torch.manual_seed(TINY_SEED + index)
-        save_file(_random_state_dict(_tiny_dit()), directory / f"{name}.safetensors")
+        save_sharded(
+            _random_state_dict(_tiny_dit()), hub_snapshot(cache, repo) / "transformer", "diffusion_pytorch_model"
+        )
     torch.manual_seed(TINY_SEED + 10)
-    save_file(_random_state_dict(TinyTextEncoder()), directory / "text_encoder.safetensors")
+    save_sharded(_random_state_dict(TinyTextEncoder()), turbo / "text_encoder", "model")
     torch.manual_seed(TINY_SEED + 30)
-    save_file(_random_state_dict(TinyControlNet(**TINY_CONTROLNET_KWARGS)), directory / "controlnet.safetensors")
+    controlnet = _random_state_dict(TinyControlNet(**TINY_CONTROLNET_KWARGS))
+    save_file(controlnet, hub_snapshot(cache, models.CONTROLNET_REPO) / models.CONTROLNET_FILE)
     torch.manual_seed(TINY_SEED + 20)
-    vae = {f"encoder.{k}": v for k, v in _random_state_dict(FluxVAEEncoder(use_conv_attention=False)).items()}
-    vae |= {f"decoder.{k}": v for k, v in _random_state_dict(FluxVAEDecoder(use_conv_attention=False)).items()}
-    save_file(vae, directory / "vae.safetensors")
-    tokenizer.save_pretrained(directory / "tokenizer")
+    vae = diffusers_vae_names("encoder", _random_state_dict(FluxVAEEncoder(use_conv_attention=False)))
+    vae |= diffusers_vae_names("decoder", _random_state_dict(FluxVAEDecoder(use_conv_attention=False)))
+    (turbo / "vae").mkdir(exist_ok=True)
+    save_file(vae, turbo / "vae" / "diffusion_pytorch_model.safetensors")
+    tiny_tokenizer().save_pretrained(turbo / "tokenizer")
     # Written last: a half-built folder (killed process) is rebuilt next time.
     tmp = stamp.with_suffix(".tmp")
     tmp.write_text(json.dumps({"format": TINY_FORMAT, "seed": TINY_SEED}))
     os.replace(tmp, stamp)
-    return directory
+    return cache
 
 
-def split_vae_state_dict(prefix: str):
-    """A state-dict converter that takes one half of the tiny VAE file (real VAE files hold both too)."""
-
-    def convert(state_dict):
-        return {key[len(prefix) :]: state_dict[key] for key in state_dict if key.startswith(prefix)}
-
-    return convert
-
-
-def tiny_vae_encoder_converter(state_dict):
-    return split_vae_state_dict("encoder.")(state_dict)
+def hub_snapshot(cache: Path, repo_id: str, revision: str = TINY_REVISION) -> Path:
+    """The snapshot folder of `repo_id` in a Hugging Face cache, created with its refs/main."""
+    repo = Path(cache) / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(revision)
+    snapshot = repo / "snapshots" / revision
+    snapshot.mkdir(parents=True, exist_ok=True)
+    return snapshot
 
 
-def tiny_vae_decoder_converter(state_dict):
-    return split_vae_state_dict("decoder.")(state_dict)
+def save_sharded(state_dict: dict[str, torch.Tensor], folder: Path, stem: str, shards: int = 2) -> list[Path]:
+    """`<stem>-0000i-of-0000n.safetensors` and `<stem>.safetensors.index.json`, as transformers/diffusers write them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    keys = sorted(state_dict)
+    names = [f"{stem}-{i + 1:05d}-of-{shards:05d}.safetensors" for i in range(shards)]
+    weight_map, paths = {}, []
+    for index, name in enumerate(names):
+        part = keys[index * len(keys) // shards : (index + 1) * len(keys) // shards]
+        save_file({key: state_dict[key] for key in part}, folder / name)
+        weight_map |= dict.fromkeys(part, name)
+        paths.append(folder / name)
+    total = sum(t.numel() * t.element_size() for t in state_dict.values())
+    index_file = folder / f"{stem}.safetensors.index.json"
+    index_file.write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    return paths
+
+
+def _diffusers_vae_prefixes(part: str) -> dict[str, str]:
+    """DiffSynth's Flux VAE block names -> the diffusers AutoencoderKL names of the hub's vae/ file."""
+    names = {name: f"{part}.{name}" for name in ("conv_in", "conv_norm_out", "conv_out")}
+    if part == "encoder":  # down path, then the mid block: resnet, attention, resnet
+        kinds, first, (resnet0, attention, resnet1) = ("resnets.0", "resnets.1", "downsamplers.0"), 0, (11, 12, 13)
+        path = [f"down_blocks.{i}.{kind}" for i in range(4) for kind in kinds if not (i == 3 and "samplers" in kind)]
+    else:  # the mid block first, then the up path
+        kinds, first, (resnet0, attention, resnet1) = (
+            ("resnets.0", "resnets.1", "resnets.2", "upsamplers.0"),
+            3,
+            (0, 1, 2),
+        )
+        path = [f"up_blocks.{i}.{kind}" for i in range(4) for kind in kinds if not (i == 3 and "samplers" in kind)]
+    names |= {f"blocks.{first + offset}": f"{part}.{block}" for offset, block in enumerate(path)}
+    names[f"blocks.{resnet0}"] = f"{part}.mid_block.resnets.0"
+    names[f"blocks.{resnet1}"] = f"{part}.mid_block.resnets.1"
+    names[f"blocks.{attention}.norm"] = f"{part}.mid_block.attentions.0.group_norm"
+    for projection in ("to_q", "to_k", "to_v"):
+        names[f"blocks.{attention}.transformer_blocks.0.{projection}"] = f"{part}.mid_block.attentions.0.{projection}"
+    names[f"blocks.{attention}.transformer_blocks.0.to_out"] = f"{part}.mid_block.attentions.0.to_out.0"
+    return names
+
+
+def diffusers_vae_names(part: str, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A FluxVAEEncoder/Decoder state dict under the diffusers names DiffSynth's converter reads back."""
+    prefixes = _diffusers_vae_prefixes(part)
+    renamed = {}
+    for key, tensor in state_dict.items():
+        prefix = max((p for p in prefixes if key.startswith(p + ".")), key=len)
+        renamed[prefixes[prefix] + key[len(prefix) :]] = tensor
+    return renamed
 
 
 def write_tiny_lora(path: Path, seed: int = 0, rank: int = 4) -> Path:

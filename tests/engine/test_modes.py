@@ -124,10 +124,9 @@ def test_tiny_weights_are_the_same_on_every_build(tiny_pipeline, tmp_path):
     from engine.models import tiny_dir
     from engine.tiny import build_tiny_weights
 
-    rebuilt = build_tiny_weights(tmp_path)
-    for name in ("dit_turbo", "dit_base", "text_encoder", "vae"):
-        digests = {
-            hashlib.sha256((folder / f"{name}.safetensors").read_bytes()).hexdigest()
-            for folder in (rebuilt, tiny_dir())
-        }
+    rebuilt, cached = build_tiny_weights(tmp_path), tiny_dir() / "hub"
+    files = sorted(path.relative_to(cached) for path in cached.rglob("*.safetensors"))
+    assert len(files) == 2 + 2 + 2 + 1 + 1  # Turbo and Base DiTs, text encoder in 2 shards; the VAE; the ControlNet
+    for name in files:
+        digests = {hashlib.sha256((folder / name).read_bytes()).hexdigest() for folder in (rebuilt, cached)}
         assert len(digests) == 1, name
