@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 
 from engine import protocol
 from engine.jobspec import EngineOptions
-from engine.protocol import Cancel, Failure, FailureKind, Job, Progress, Ready, Result, Shutdown
+from engine.protocol import Cancel, Failure, FailureKind, GpuDone, Heartbeat, Job, Progress, Ready, Result, Shutdown
 
 log = logging.getLogger("bot.engine")
 engine_log = logging.getLogger("engine")
@@ -193,6 +193,8 @@ class EngineClient:
             if message.kind == FailureKind.MISSING_WEIGHTS:
                 self.fatal = message.message
             log.error("engine cannot start: %s", message.message)
+            return
+        if isinstance(message, GpuDone | Heartbeat):
             return
         if not isinstance(message, Progress | Result | Failure):
             log.warning("unexpected %s message from the engine", type(message).__name__)

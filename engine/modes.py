@@ -12,7 +12,8 @@ from collections.abc import Callable
 
 import torch
 
-from engine.images import decode_input_image, encode_png, fit_to_size, latent_preview_jpeg
+from engine.finish import Rendered, finish
+from engine.images import decode_input_image, fit_to_size, latent_preview_jpeg
 from engine.jobspec import BadInput, JobKind, Limits, controlnet_file_modes, resolve
 from engine.pipeline import ControlNetInput, PooledPipeline
 from engine.protocol import Job, Result
@@ -28,7 +29,14 @@ ProgressCallback = Callable[[int, int, bytes | None], None]
 def run_image_job(
     pooled: PooledPipeline, job: Job, limits: Limits, on_progress: ProgressCallback | None = None
 ) -> Result:
-    """txt2img, img2img or control, `count` images with seeds seed, seed+1, ..."""
+    """txt2img, img2img or control, `count` images with seeds seed, seed+1, ..., encoded."""
+    return finish(render_image_job(pooled, job, limits, on_progress))
+
+
+def render_image_job(
+    pooled: PooledPipeline, job: Job, limits: Limits, on_progress: ProgressCallback | None = None
+) -> Rendered:
+    """The GPU part of an image job: the images, not yet encoded (engine/finish.py does that)."""
     spec = resolve(job.spec, limits, has_input=job.input_image is not None)
     pooled.check_prompt_length(spec.prompt)  # counted in tokens, as the text encoder reads it
     if spec.cfg > 1 and spec.negative_prompt:  # at cfg 1 the negative prompt is never encoded
@@ -65,7 +73,7 @@ def run_image_job(
     start = time.perf_counter()
     images = []
     with pooled.lora(spec.lora, spec.lora_strength):  # taken out again after
-        for index, seed in enumerate(spec.seeds):
+        for seed in spec.seeds:
             marks = {"call": time.perf_counter()}
 
             def stepping(timesteps, marks=marks):
@@ -104,8 +112,8 @@ def run_image_job(
             timings["prepare"] += marks["denoise"] - marks["call"]
             timings["denoise"] += marks["decode"] - marks["denoise"]
             timings["decode"] += end - marks["decode"]
-            images.append(encode_png(image, spec.for_image(index).record()))
+            images.append(image)
     if controlnet_inputs is not None:
         timings["annotate"] = annotate_seconds
     timings["total"] = time.perf_counter() - start + annotate_seconds
-    return Result(job_id=job.job_id, images=images, spec=spec, timings=timings, extra_images=extra_images)
+    return Rendered(job.job_id, images, spec, timings, extra_images)

@@ -14,8 +14,9 @@ What a job is (its spec, defaults and validation) lives in engine/jobspec.py.
 
 Verbs:
     bot -> engine:  Job, Cancel (the running job stops at its next step), Shutdown
-    engine -> bot:  Ready (once, after the models are loaded), Progress (per step),
-                    then exactly one Result or Failure per Job
+    engine -> bot:  Ready (once, after the models are loaded), Progress (per step) and Heartbeat
+                    (every few seconds) while a job runs, GpuDone when its GPU work is over (the
+                    next Job may be sent then), then exactly one Result or Failure per Job
 """
 
 from __future__ import annotations
@@ -92,6 +93,20 @@ class Ready:
 
 
 @dataclass
+class GpuDone:
+    """The job's GPU work is over: the engine takes the next job while it encodes this one's images."""
+
+    job_id: str
+
+
+@dataclass
+class Heartbeat:
+    """Sent every few seconds while a job runs, so a stopped or hung engine is noticed."""
+
+    job_id: str
+
+
+@dataclass
 class Cancel:
     job_id: str
 
@@ -102,9 +117,9 @@ class Shutdown:
 
 
 MESSAGE_TYPES: dict[str, type] = {
-    cls.__name__: cls for cls in (Job, Progress, Result, Failure, Ready, Cancel, Shutdown)
+    cls.__name__: cls for cls in (Job, Progress, GpuDone, Heartbeat, Result, Failure, Ready, Cancel, Shutdown)
 }
-Message = Job | Progress | Result | Failure | Ready | Cancel | Shutdown
+Message = Job | Progress | GpuDone | Heartbeat | Result | Failure | Ready | Cancel | Shutdown
 
 
 class ProtocolError(Exception):

@@ -30,7 +30,8 @@ from PIL import Image  # noqa: E402
 from realesrgan import RealESRGANer  # noqa: E402
 
 from engine import jobspec  # noqa: E402
-from engine.images import decode_input_image, encode_png  # noqa: E402
+from engine.finish import Rendered, finish  # noqa: E402
+from engine.images import decode_input_image  # noqa: E402
 from engine.jobspec import BadInput, EngineOptions, JobSpec, Limits, ModelName  # noqa: E402
 from engine.models import TINY_UPSCALER_COMPONENT, UPSCALER_COMPONENT, Component, resolve, tiny_dir  # noqa: E402
 from engine.protocol import Job, Result  # noqa: E402
@@ -245,6 +246,13 @@ def run_upscale_job(
     pooled, job: Job, limits: Limits, options: EngineOptions, on_progress: Callable | None = None
 ) -> Result:
     """Decode, check the size against the output cap, upscale, optionally refine, encode a PNG."""
+    return finish(render_upscale_job(pooled, job, limits, options, on_progress))
+
+
+def render_upscale_job(
+    pooled, job: Job, limits: Limits, options: EngineOptions, on_progress: Callable | None = None
+) -> Rendered:
+    """The upscale up to the finished image, not yet encoded (engine/finish.py does that)."""
     start = time.perf_counter()
     try:
         image = decode_input_image(job.input_image or b"")
@@ -278,8 +286,5 @@ def run_upscale_job(
         mark = time.perf_counter()
         upscaled = refine_tiles(pooled.use(ModelName.TURBO), upscaled, spec, tile, overlap, step)
         timings["refine"] = time.perf_counter() - mark
-    mark = time.perf_counter()
-    png = encode_png(upscaled, spec.record())
-    timings["encode"] = time.perf_counter() - mark
     timings["total"] = time.perf_counter() - start
-    return Result(job_id=job.job_id, images=[png], spec=spec, timings=timings)
+    return Rendered(job.job_id, [upscaled], spec, timings)

@@ -9,6 +9,7 @@ so a Cancel reaches the running job at its next step.
 from __future__ import annotations
 
 import gc
+import io
 import logging
 import os
 import queue
@@ -18,7 +19,7 @@ import traceback
 
 from engine import protocol
 from engine.jobspec import EngineOptions, JobKind
-from engine.protocol import Cancel, Failure, FailureKind, Job, Progress, Ready, Shutdown
+from engine.protocol import Cancel, Failure, FailureKind, GpuDone, Heartbeat, Job, Progress, Ready, Result, Shutdown
 
 log = logging.getLogger("engine.worker")
 
@@ -54,6 +55,17 @@ def out_of_memory_failure(job: Job) -> Failure:
 
 
 EXIT_GPU_BROKEN = 70
+HEARTBEAT_SECONDS = 2.0  # the bot's watchdog allows several missed beats before it acts
+
+
+def load_scorer():
+    """The NSFW scorer where the optional `nsfw` extra is installed, else None (screening off)."""
+    from engine import nsfw
+
+    if not nsfw.available:
+        log.warning("NSFW screening is off: %s", nsfw.UNAVAILABLE_REASON)
+        return None
+    return nsfw.NsfwScorer(threads=2).load()
 
 
 class GpuBroken(Exception):
@@ -84,6 +96,8 @@ class Worker:
         self.cancelled: set[str] = set()
         self.waiting: set[str] = set()  # received and not yet answered: a Cancel for these counts
         self.current_job_id: str | None = None
+        self.finishing: queue.Queue = queue.Queue()  # Rendered jobs for the finisher thread; None stops it
+        self.scorer = None  # engine.nsfw.NsfwScorer where the nsfw extra is installed
         self.pooled = None
 
     def read_forever(self, stream) -> None:
@@ -125,9 +139,10 @@ class Worker:
             log.error("%s", exc)
             self.writer.send(Failure("", FailureKind.CANNOT_START, str(exc)))
             return 3
-        self.writer.send(
-            Ready(self.pooled.device, self.options.weights, self.limits, control_modes=self.control_modes())
-        )
+        self.scorer = load_scorer()
+        ready = Ready(self.pooled.device, self.options.weights, self.limits, control_modes=self.control_modes())
+        ready.nsfw_screening = self.scorer is not None
+        self.writer.send(ready)
         threading.Thread(target=self.read_forever, args=(stdin,), daemon=True, name="engine-reader").start()
         return self.serve_jobs()
 
@@ -138,40 +153,90 @@ class Worker:
         return runnable_modes(self.options.controlnet_file)
 
     def serve_jobs(self) -> int:
-        """One job at a time until the reader says stop; the exit code for the process."""
-        while (job := self.jobs.get()) is not None:
-            self.current_job_id = job.job_id
+        """GPU work one job at a time until the reader says stop; the exit code for the process.
+
+        A job's images are encoded (and screened) by the finisher thread while the GPU runs the
+        next one: `GpuDone` tells the bot it may send that next job now.
+        """
+        from engine.finish import Rendered  # torch and PIL: imported once the models are loaded
+
+        finisher = threading.Thread(target=self.finish_forever, daemon=True, name="engine-finisher")
+        finisher.start()
+        beating = threading.Event()
+        threading.Thread(target=self.beat_forever, args=(beating,), daemon=True, name="engine-heartbeat").start()
+        try:
+            while (job := self.jobs.get()) is not None:
+                self.current_job_id = job.job_id
+                try:
+                    outcome = self.handle(job)
+                except GpuBroken:
+                    # The CUDA context is gone: every later job would fail the same way. Exit without an
+                    # answer, so the bot sees a dead engine, starts a fresh one and retries this job once.
+                    log.critical("job %s broke the GPU; exiting so the engine is restarted:\n%s", job.job_id,
+                                 traceback.format_exc())  # fmt: skip
+                    return EXIT_GPU_BROKEN
+                finally:
+                    self.current_job_id = None
+                if isinstance(outcome, Rendered):
+                    self.writer.send(GpuDone(job.job_id))
+                    self.finishing.put(outcome)
+                else:
+                    self.answer(outcome)
+            return 0
+        finally:
+            beating.set()
+            self.finishing.put(None)  # what the GPU finished is still encoded and answered
+            finisher.join()
+
+    def finish_forever(self) -> None:
+        from engine.finish import finish
+
+        while (rendered := self.finishing.get()) is not None:
             try:
-                outcome = self.handle(job)
-            except GpuBroken:
-                # The CUDA context is gone: every later job would fail the same way. Exit without an
-                # answer, so the bot sees a dead engine, starts a fresh one and retries this job once.
-                log.critical("job %s broke the GPU; exiting so the engine is restarted:\n%s", job.job_id,
-                             traceback.format_exc())  # fmt: skip
-                return EXIT_GPU_BROKEN
-            self.current_job_id = None
-            self.writer.send(outcome)
-            self.waiting.discard(job.job_id)
-            self.cancelled.discard(job.job_id)
-        return 0
+                outcome: Result | Failure = finish(rendered, self.scorer)
+            except Exception:
+                log.error("job %s: encoding failed:\n%s", rendered.job_id, traceback.format_exc())
+                message = "The engine hit an internal error; the operator can find it in the logs."
+                outcome = Failure(rendered.job_id, FailureKind.INTERNAL, message)
+            self.answer(outcome)
+
+    def answer(self, outcome: Result | Failure) -> None:
+        self.writer.send(outcome)
+        self.waiting.discard(outcome.job_id)
+        self.cancelled.discard(outcome.job_id)
+
+    def beat_forever(self, stop: threading.Event) -> None:
+        """While a job runs, a Heartbeat every HEARTBEAT_SECONDS: silence means a stopped or hung process."""
+        while not stop.wait(HEARTBEAT_SECONDS):
+            job_id = self.current_job_id
+            if job_id is not None:
+                self.writer.send(Heartbeat(job_id))
+
+    def screen_preview(self, preview: bytes | None) -> float | None:
+        if preview is None or self.scorer is None:
+            return None
+        from PIL import Image
+
+        with Image.open(io.BytesIO(preview)) as image:
+            return round(self.scorer.score(image.convert("RGB")), 4)
 
     def handle(self, job: Job):
         import torch
 
         from engine.models import MissingWeightsError
-        from engine.modes import BadInput, Cancelled, run_image_job
+        from engine.modes import BadInput, Cancelled, render_image_job
 
         def on_progress(step: int, total: int, preview: bytes | None) -> None:
             if job.job_id in self.cancelled:
                 raise Cancelled()
-            self.writer.send(Progress(job.job_id, step, total, preview))
+            self.writer.send(Progress(job.job_id, step, total, preview, self.screen_preview(preview)))
 
         try:
             if job.spec.kind == JobKind.UPSCALE:
-                from engine.upscale import run_upscale_job
+                from engine.upscale import render_upscale_job
 
-                return run_upscale_job(self.pooled, job, self.limits, self.options, on_progress)
-            return run_image_job(self.pooled, job, self.limits, on_progress)
+                return render_upscale_job(self.pooled, job, self.limits, self.options, on_progress)
+            return render_image_job(self.pooled, job, self.limits, on_progress)
         except BadInput as exc:
             return Failure(job.job_id, FailureKind.BAD_INPUT, str(exc))
         except Cancelled:

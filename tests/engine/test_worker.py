@@ -189,3 +189,58 @@ def test_a_cancel_that_arrives_before_its_job_starts_is_kept_and_a_stray_one_ign
     worker.read_forever(io.BytesIO(frames))  # the reader thread's loop, up to end of stream
     assert worker.cancelled == {"queued"}
     assert worker.jobs.get_nowait().job_id == "queued" and worker.jobs.get_nowait() is None
+
+
+def test_the_gpu_takes_the_next_job_while_the_last_ones_images_are_encoded(tiny_pipeline, tiny_limits, monkeypatch):
+    # A slow screen (0.5 s per image) stands in for a big PNG: the second job's steps must run while the
+    # first job is still being finished, and each job says GpuDone before its Result.
+    import time
+
+    from engine import worker as worker_module
+    from engine.protocol import GpuDone, Heartbeat, Progress, read_message
+    from engine.worker import FrameWriter, Worker
+
+    class SlowScorer:
+        def score(self, image):
+            time.sleep(0.5)
+            return 0.125
+
+    monkeypatch.setattr(worker_module, "HEARTBEAT_SECONDS", 0.1)
+    frames = io.BytesIO()
+    worker = Worker(TINY, writer=FrameWriter(frames))
+    worker.pooled, worker.scorer = tiny_pipeline, SlowScorer()
+    for job_id in ("first", "second"):
+        worker.jobs.put(tiny_job(job_id, steps=3))
+    worker.jobs.put(None)
+    assert worker.serve_jobs() == 0
+    stream, messages = io.BytesIO(frames.getvalue()), []
+    while (message := read_message(stream)) is not None:
+        messages.append(message)
+    order = [(type(m).__name__, m.job_id) for m in messages if not isinstance(m, Heartbeat | Progress)]
+    assert order.index(("GpuDone", "first")) < order.index(("Result", "first"))
+    second_steps = [i for i, m in enumerate(messages) if isinstance(m, Progress) and m.job_id == "second"]
+    first_result = next(i for i, m in enumerate(messages) if isinstance(m, Result) and m.job_id == "first")
+    assert second_steps[0] < first_result  # the GPU did not wait for the encoding
+    results = [m for m in messages if isinstance(m, Result)]
+    assert [r.nsfw_scores for r in results] == [[0.125], [0.125]]
+    assert all(r.timings["nsfw"] >= 0.5 and r.timings["encode"] > 0 for r in results)
+    assert [m.job_id for m in messages if isinstance(m, GpuDone)] == ["first", "second"]
+
+
+def test_a_running_job_sends_heartbeats(tiny_pipeline, monkeypatch):
+    from engine import worker as worker_module
+    from engine.protocol import Heartbeat, read_message
+    from engine.worker import FrameWriter, Worker
+
+    monkeypatch.setattr(worker_module, "HEARTBEAT_SECONDS", 0.05)
+    frames = io.BytesIO()
+    worker = Worker(TINY, writer=FrameWriter(frames))
+    worker.pooled = tiny_pipeline
+    worker.jobs.put(tiny_job("slow", steps=30))
+    worker.jobs.put(None)
+    assert worker.serve_jobs() == 0
+    stream, beats = io.BytesIO(frames.getvalue()), []
+    while (message := read_message(stream)) is not None:
+        if isinstance(message, Heartbeat):
+            beats.append(message.job_id)
+    assert beats and set(beats) == {"slow"}
