@@ -282,9 +282,9 @@ def test_the_match_budget_is_a_hard_bound_even_for_patterns_that_skipped_validat
     slow = [f".*a.{{{30 + i % 20}}}.*b.{{{20 + i % 10}}}q" for i in range(MAX_PATTERNS)]
     rng = random.Random(1)
     prompt = "".join(rng.choices(string.ascii_lowercase + " ", k=6000))
-    start = time.perf_counter()
+    start = time.thread_time()  # the budget is CPU time: a loaded machine's waits do not count against it
     result = check_prompt(prompt.replace("q", ""), prompt[::-1].replace("q", ""), blocked_patterns=slow)
-    elapsed = time.perf_counter() - start
+    elapsed = time.thread_time() - start
     assert result == TOO_SLOW_REFUSAL  # refused, never let through unchecked
     assert elapsed < MATCH_BUDGET + 0.03
 
