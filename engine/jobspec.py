@@ -18,6 +18,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from engine.edits import INPAINT_REGIONS, PAN_DIRECTIONS, ZOOM_FACTOR_RANGE, check_edit, pan_size  # noqa: F401
+
 SPEC_VERSION = 1  # bump when a stored spec would no longer read back the same
 
 
@@ -26,6 +28,9 @@ class JobKind(StrEnum):
     IMG2IMG = "img2img"
     CONTROL = "control"
     UPSCALE = "upscale"
+    ZOOM = "zoom"  # zoom out: the image shrunk into the centre, the border inpainted (engine/edits.py)
+    PAN = "pan"  # the canvas grown by half the image in pan_direction, the new strip inpainted
+    INPAINT = "inpaint"  # the job's mask (white = redraw) or `region` redrawn
 
 
 class ModelName(StrEnum):
@@ -166,8 +171,11 @@ class JobSpec:
     lora_strength: float = 1.0  # LORA_STRENGTH_RANGE; negative pushes away from the LoRA's style
     scale: int = 4  # upscale factor, 2 or 4
     refine: bool = False  # upscale: Turbo img2img pass over the upscaled image
-    input_width: int = 0  # upscale: the source image's size
+    input_width: int = 0  # upscale, pan: the source image's size
     input_height: int = 0
+    zoom_factor: float = 0.0  # zoom: ZOOM_FACTOR_RANGE; width x height is the output (the source's size)
+    pan_direction: str = ""  # pan: PAN_DIRECTIONS; width x height is set from input_* by pan_size
+    region: str = ""  # inpaint without a mask: INPAINT_REGIONS
 
     @property
     def seeds(self) -> list[int]:
@@ -207,11 +215,15 @@ class JobSpec:
 
 _IMAGE_ONLY = ("control_mode", "control_strength", "canny_low", "canny_high")
 _UPSCALE_ONLY = ("scale", "refine", "input_width", "input_height")
+_EDIT_ONLY = ("zoom_factor", "pan_direction", "region")
 _UNUSED_BY_KIND: dict[JobKind, tuple[str, ...]] = {
-    JobKind.TXT2IMG: (*_IMAGE_ONLY, *_UPSCALE_ONLY, "denoise"),
-    JobKind.IMG2IMG: (*_IMAGE_ONLY, *_UPSCALE_ONLY),
-    JobKind.CONTROL: (*_UPSCALE_ONLY, "denoise"),
-    JobKind.UPSCALE: (*_IMAGE_ONLY, "negative_prompt", "lora", "lora_strength", "count", "sigma_shift"),
+    JobKind.TXT2IMG: (*_IMAGE_ONLY, *_UPSCALE_ONLY, *_EDIT_ONLY, "denoise"),
+    JobKind.IMG2IMG: (*_IMAGE_ONLY, *_UPSCALE_ONLY, *_EDIT_ONLY),
+    JobKind.CONTROL: (*_UPSCALE_ONLY, *_EDIT_ONLY, "denoise"),
+    JobKind.UPSCALE: (*_IMAGE_ONLY, *_EDIT_ONLY, "negative_prompt", "lora", "lora_strength", "count", "sigma_shift"),
+    JobKind.ZOOM: ("control_mode", *_UPSCALE_ONLY, "denoise", "pan_direction", "region"),
+    JobKind.PAN: ("control_mode", "scale", "refine", "denoise", "zoom_factor", "region"),
+    JobKind.INPAINT: ("control_mode", *_UPSCALE_ONLY, "denoise", "zoom_factor", "pan_direction"),
 }
 
 
@@ -225,6 +237,7 @@ def resolve(spec: JobSpec, limits: Limits, *, has_input: bool | None = None) -> 
         JobKind.IMG2IMG: resolve_img2img,
         JobKind.CONTROL: resolve_control,
         JobKind.UPSCALE: resolve_upscale,
+        **dict.fromkeys((JobKind.ZOOM, JobKind.PAN, JobKind.INPAINT), resolve_edit),
     }
     try:
         kind = JobKind(spec.kind)
@@ -262,6 +275,11 @@ def resolve_control(spec: JobSpec, limits: Limits) -> JobSpec:
         raise BadInput(f"Canny thresholds need 0 <= low < high <= 255; got {low} and {high}.")
     controlled = replace(spec, control_strength=strength, canny_low=low, canny_high=high)
     return _resolve_image(controlled, limits, denoise=1.0)
+
+
+def resolve_edit(spec: JobSpec, limits: Limits) -> JobSpec:
+    """Zoom, pan and inpaint: their own rules and output size (engine/edits.py), then an image's, on Turbo."""
+    return _resolve_image(check_edit(spec, limits), limits, denoise=1.0)
 
 
 def _resolve_image(spec: JobSpec, limits: Limits, *, denoise: float) -> JobSpec:

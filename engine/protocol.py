@@ -52,8 +52,9 @@ class Job:
 
     job_id: str
     spec: JobSpec
-    input_image: bytes | None = None  # img2img source, control image, or image to upscale
+    input_image: bytes | None = None  # img2img source, control image, image to upscale, zoom, pan or inpaint
     preview_every: int = 0  # send a latent preview JPEG every N steps; 0 = never
+    mask_image: bytes | None = None  # inpaint: white = redraw (same aspect as input_image); None: spec.region
 
 
 @dataclass

@@ -12,6 +12,7 @@ from engine.jobspec import (
     JobSpec,
     Limits,
     ModelName,
+    pan_size,
     resolve,
 )
 
@@ -30,8 +31,11 @@ def small(**fields) -> JobSpec:
         small(kind=JobKind.IMG2IMG, denoise=0.4, seed=9),
         small(kind=JobKind.CONTROL, control_mode="canny", canny_low=10, canny_high=90),
         JobSpec(kind=JobKind.UPSCALE, scale=2, input_width=40, input_height=30, refine=True, denoise=0.3),
+        small(kind=JobKind.ZOOM, zoom_factor=1.5, width=100, height=75),
+        small(kind=JobKind.PAN, pan_direction="up", input_width=100, input_height=75),
+        small(kind=JobKind.INPAINT, region="centre"),
     ],
-    ids=["txt2img", "base", "img2img", "control", "upscale"],
+    ids=["txt2img", "base", "img2img", "control", "upscale", "zoom", "pan", "inpaint"],
 )
 def test_resolving_fills_every_default_once_and_is_idempotent(spec):
     resolved = resolve(spec, TINY)
@@ -79,7 +83,19 @@ def test_the_record_keeps_what_means_something_for_the_kind():
         (small(kind=JobKind.CONTROL, control_mode="canny", model=ModelName.BASE), "Turbo model only"),
         (small(kind=JobKind.IMG2IMG, denoise=0.0), "Denoise strength"),
         (JobSpec(kind=JobKind.UPSCALE, input_width=1025, input_height=20), "largest input for x4 is 1024x1024"),
-        (small(kind="inpaint"), "cannot run 'inpaint' jobs"),
+        (small(kind="outpaint"), "cannot run 'outpaint' jobs"),
+        (small(kind=JobKind.ZOOM, zoom_factor=1.0), "zoom factor must be between 1.1 and 3"),
+        (small(kind=JobKind.ZOOM, zoom_factor=3.5), "zoom factor must be between 1.1 and 3"),
+        (small(kind=JobKind.ZOOM, zoom_factor=2, model=ModelName.BASE), "Zoom out uses the ControlNet's inpaint mode"),
+        (small(kind=JobKind.PAN, pan_direction="sideways", input_width=64, input_height=64), "Pan left, right, up or"),
+        (small(kind=JobKind.PAN, pan_direction="left"), "panning needs at least 16 pixels a side"),
+        (
+            small(kind=JobKind.PAN, pan_direction="up", input_width=64, input_height=64, model="base"),
+            "Turbo model only",
+        ),
+        (small(kind=JobKind.INPAINT, region="middle"), "Unknown region 'middle'"),
+        (small(kind=JobKind.INPAINT, control_strength=0.0), r"ControlNet strength must be in \(0, 1\]"),
+        (small(kind=JobKind.INPAINT, prompt=" "), "The prompt is empty"),
     ],
 )
 def test_bad_specs_are_refused_with_a_message_for_the_user(spec, message):
@@ -103,3 +119,55 @@ def test_limits_tighten_and_engine_options_round_trip():
     options = EngineOptions(weights="tiny", upscale_max_side=512, lora_dir="/loras")
     assert EngineOptions.from_dict(options.to_dict()) == options
     assert options.limits().min_side == 64 and options.limits().max_upscale_side == 512
+
+
+def test_edits_need_an_image_and_stay_on_turbo():
+    for kind in (JobKind.ZOOM, JobKind.PAN, JobKind.INPAINT):
+        with pytest.raises(BadInput, match=f"{kind} needs an input image"):
+            resolve(small(kind=kind, zoom_factor=2, pan_direction="left", input_width=64, input_height=64), TINY,
+                    has_input=False)  # fmt: skip
+    zoom = resolve(small(kind=JobKind.ZOOM, zoom_factor=2, seed=1), TINY)
+    assert (zoom.model, zoom.steps, zoom.cfg, zoom.denoise, zoom.control_mode) == ("turbo", 8, 1.0, 1.0, None)
+
+
+def test_zoom_and_inpaint_keep_the_output_size_snapped_to_16_within_the_limits():
+    zoom = resolve(small(kind=JobKind.ZOOM, zoom_factor=2, width=1000, height=750), Limits())
+    assert (zoom.width, zoom.height) == (992, 752)
+    big = resolve(small(kind=JobKind.ZOOM, zoom_factor=2, width=4000, height=3000), Limits())
+    assert (
+        big.width <= 2048 and big.width * big.height <= Limits().max_pixels and big.width % 16 == big.height % 16 == 0
+    )
+    assert abs(big.width / big.height - 4 / 3) < 0.02
+    small_one = resolve(small(kind=JobKind.INPAINT, region="left", width=300, height=200), Limits())
+    assert (small_one.width, small_one.height) == (768, 512)  # grown to the 512 px minimum side
+
+
+@pytest.mark.parametrize(
+    "direction, size", [("left", (96, 64)), ("right", (96, 64)), ("up", (64, 96)), ("down", (64, 96))]
+)
+def test_pan_grows_the_canvas_by_half_the_image(direction, size):
+    assert pan_size(64, 64, direction, TINY) == (*size, False)
+    spec = resolve(small(kind=JobKind.PAN, pan_direction=direction, input_width=64, input_height=64), TINY)
+    assert (spec.width, spec.height) == size
+    assert (spec.input_width, spec.input_height) == (64, 64) and spec.record()["pan_direction"] == direction
+
+
+def test_pan_at_the_size_limit_scales_the_image_first():
+    limits = Limits()
+    width, height, scaled = pan_size(2048, 1024, "left", limits)
+    assert scaled and width <= limits.max_side and width % 16 == height % 16 == 0
+    assert abs(width / height - 3) < 0.05  # the source 2:1 plus half of it again
+    width, height, scaled = pan_size(1536, 1536, "down", limits)
+    assert scaled and width * height <= limits.max_pixels and height <= limits.max_side
+    assert pan_size(1024, 1024, "up", limits) == (1024, 1536, False)
+    assert pan_size(1000, 750, "right", limits) == (1488, 752, False)  # sides rounded to 16: not "scaled"
+
+
+def test_edit_fields_stay_out_of_other_kinds_records():
+    for spec in (small(), small(kind=JobKind.CONTROL, control_mode="canny")):
+        record = resolve(spec, TINY).record()
+        assert not {"zoom_factor", "pan_direction", "region"} & record.keys()
+    zoom = resolve(small(kind=JobKind.ZOOM, zoom_factor=2), TINY).record()
+    assert zoom["zoom_factor"] == 2.0 and "pan_direction" not in zoom and "input_width" not in zoom
+    old = {"kind": "txt2img", "prompt": "a cat", "width": 64, "height": 64}  # stored before these fields existed
+    assert JobSpec.from_dict(old) == small(prompt="a cat")

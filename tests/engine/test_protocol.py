@@ -18,6 +18,13 @@ def test_job_with_image_bytes_roundtrips():
     assert isinstance(roundtrip(job).spec, JobSpec)
 
 
+def test_inpaint_job_carries_its_mask_as_a_second_blob():
+    spec = JobSpec(kind=JobKind.INPAINT, prompt="a cat", seed=1)
+    job = Job("j5", spec, input_image=b"image" * 100, mask_image=b"mask" * 50)
+    assert roundtrip(job) == job and roundtrip(job).mask_image == b"mask" * 50
+    assert roundtrip(Job("j6", spec, b"image")).mask_image is None
+
+
 def test_result_with_several_images_and_nested_parameters_roundtrips():
     result = Result(
         "j2", images=[b"one", b"two" * 1000], spec=JobSpec(prompt="x", seed=1, count=2), timings={"total": 1.5}
