@@ -1,4 +1,4 @@
-"""`python -m engine generate | serve | download`: the engine from the shell."""
+"""`python -m engine generate | upscale | zoom | pan | inpaint | serve | download`: the engine from the shell."""
 
 from __future__ import annotations
 
@@ -190,6 +190,64 @@ def cmd_upscale(args) -> int:
     return 0
 
 
+def cmd_edit(args) -> int:
+    """zoom, pan and inpaint: Turbo and the ControlNet's inpaint mode on one image, from the shell."""
+    from engine.device import NoAcceleratorError
+    from engine.jobspec import BadInput, JobSpec, UnsupportedControlNetFile, pan_size, resolve
+    from engine.models import MissingWeightsError
+    from engine.protocol import Job
+
+    options = _engine_options(args)
+    limits = options.limits()
+    try:
+        data = Path(args.image).read_bytes()
+        mask = Path(args.mask).read_bytes() if getattr(args, "mask", None) else None
+    except OSError as exc:
+        print(f"error: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 2
+    try:
+        from engine.images import decode_input_image
+
+        try:
+            width, height = decode_input_image(data).size
+        except Exception as exc:
+            raise BadInput(f"{args.image} is not an image this engine can read ({type(exc).__name__}).") from None
+        spec = JobSpec(
+            kind=args.command, prompt=args.prompt, negative_prompt=args.negative, width=width, height=height,
+            input_width=width, input_height=height, steps=args.steps, seed=args.seed,
+            control_strength=args.strength, zoom_factor=getattr(args, "factor", 0.0),
+            pan_direction=getattr(args, "direction", ""), region=getattr(args, "region", ""),
+        )  # fmt: skip
+        job = Job("cli", resolve(spec, limits, has_input=True), data, mask_image=mask)  # before loading models
+        from engine.finish import finish
+        from engine.outpaint import render_edit_job
+        from engine.pipeline import PooledPipeline
+
+        pooled = PooledPipeline(options).load()
+        result = finish(
+            render_edit_job(pooled, job, limits, lambda step, total, _: print(f"step {step}/{total}", file=sys.stderr))
+        )
+    except BadInput as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (MissingWeightsError, NoAcceleratorError) as exc:
+        print(exc, file=sys.stderr)
+        return 3
+    except UnsupportedControlNetFile as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    Path(args.out).write_bytes(result.images[0])
+    done = result.spec
+    print(args.out)
+    scaled = args.command == "pan" and pan_size(width, height, done.pan_direction, limits)[2]
+    print(
+        f"{width}x{height} -> {done.width}x{done.height}{' (scaled to fit the size limits)' if scaled else ''}; "
+        f"seed {done.seed}; {result.timings['total']:.2f} s",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def download_components(controlnet_file: str):
     """What `download` fetches: the pipeline's files and the lazily loaded annotators and upscaler."""
     from engine import models
@@ -265,6 +323,29 @@ def main(argv: list[str] | None = None) -> int:
     upscale.add_argument("--seed", type=int, default=None)
     upscale.add_argument("--out", default="upscaled.png")
     upscale.set_defaults(handler=cmd_upscale)
+
+    for name, about in (
+        ("zoom", "zoom out: the image shrunk into the centre, the border drawn (Turbo + ControlNet inpaint)"),
+        ("pan", "pan: the canvas grown by half the image in one direction, the new strip drawn"),
+        ("inpaint", "redraw where a mask is white (or a region) of an image"),
+    ):
+        edit = commands.add_parser(name, help=about)
+        _add_engine_arguments(edit)
+        edit.add_argument("--image", required=True, help="the image to edit")
+        if name == "zoom":
+            edit.add_argument("--factor", type=float, default=2.0, help="how far to zoom out (1.1-3)")
+        elif name == "pan":
+            edit.add_argument("--direction", required=True, choices=["left", "right", "up", "down"])
+        else:
+            edit.add_argument("--mask", help="white = redraw, the image's aspect ratio")
+            edit.add_argument("--region", default="", help="without a mask: left, right, top, bottom or centre")
+        edit.add_argument("--prompt", required=True, help="what the whole image shows")
+        edit.add_argument("--negative", default="")
+        edit.add_argument("--steps", type=int, default=None)
+        edit.add_argument("--seed", type=int, default=None)
+        edit.add_argument("--strength", type=float, default=0.8, help="ControlNet strength (0-1]")
+        edit.add_argument("--out", default=f"{name}.png")
+        edit.set_defaults(handler=cmd_edit)
 
     serve = commands.add_parser("serve", help="run jobs from stdin (the bot starts this)")
     serve.add_argument("--options", required=True, help="the EngineOptions as JSON (the bot writes them)")

@@ -27,7 +27,8 @@ Box = tuple[int, int, int, int]  # left, top, width, height
 
 
 def snap16(value: float) -> int:
-    return max(16, round(value / 16) * 16)
+    """The nearest multiple of 16 (halves up), at least 16."""
+    return max(16, math.floor(value / 16 + 0.5) * 16)
 
 
 def _fits(width: int, height: int, limits: Limits) -> bool:

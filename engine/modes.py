@@ -1,6 +1,7 @@
 """Image job handlers: resolve a Job's spec, run it through the pooled pipeline, return a Result.
 
-txt2img, img2img and control (ControlNet on Turbo) live here; upscale is engine/upscale.py.
+txt2img, img2img and control (ControlNet on Turbo) live here; upscale is engine/upscale.py, zoom,
+pan and inpaint engine/outpaint.py (which denoise through `denoise_images` here too).
 Validation (engine.jobspec.resolve, shared with the bot) raises BadInput with a message a
 Discord user can act on.
 """
@@ -11,10 +12,11 @@ import time
 from collections.abc import Callable
 
 import torch
+from PIL import Image
 
 from engine.finish import Rendered, finish
 from engine.images import decode_input_image, fit_to_size, latent_preview_jpeg
-from engine.jobspec import BadInput, JobKind, Limits, controlnet_file_modes, resolve
+from engine.jobspec import BadInput, JobKind, JobSpec, Limits, controlnet_file_modes, resolve
 from engine.pipeline import ControlNetInput, PooledPipeline
 from engine.protocol import Job, Result
 
@@ -65,12 +67,29 @@ def render_image_job(
             extra_images["control_map"] = map_png(control)
     annotate_seconds = time.perf_counter() - annotate_start
 
+    start = time.perf_counter()
+    images, timings = denoise_images(pooled, job, spec, input_image, controlnet_inputs, on_progress)
+    if controlnet_inputs is not None:
+        timings["annotate"] = annotate_seconds
+    timings["total"] = time.perf_counter() - start + annotate_seconds
+    return Rendered(job.job_id, images, spec, timings, extra_images)
+
+
+def denoise_images(
+    pooled: PooledPipeline,
+    job: Job,
+    spec: JobSpec,
+    input_image: Image.Image | None = None,
+    controlnet_inputs: list | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> tuple[list[Image.Image], dict[str, float]]:
+    """One pipeline call per seed of the resolved `spec`, with progress and previews; the images and
+    the seconds spent preparing, denoising and decoding."""
     pipe = pooled.use(spec.model)
     on_cuda = pooled.device.startswith("cuda")
     synchronize = (lambda: torch.cuda.synchronize(pooled.device)) if on_cuda else (lambda: None)
     timings = {"prepare": 0.0, "denoise": 0.0, "decode": 0.0}
     done_steps = 0
-    start = time.perf_counter()
     images = []
     with pooled.lora(spec.lora, spec.lora_strength):  # taken out again after
         for seed in spec.seeds:
@@ -113,7 +132,4 @@ def render_image_job(
             timings["denoise"] += marks["decode"] - marks["denoise"]
             timings["decode"] += end - marks["decode"]
             images.append(image)
-    if controlnet_inputs is not None:
-        timings["annotate"] = annotate_seconds
-    timings["total"] = time.perf_counter() - start + annotate_seconds
-    return Rendered(job.job_id, images, spec, timings, extra_images)
+    return images, timings

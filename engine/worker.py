@@ -236,6 +236,10 @@ class Worker:
                 from engine.upscale import render_upscale_job
 
                 return render_upscale_job(self.pooled, job, self.limits, self.options, on_progress)
+            if job.spec.kind in (JobKind.ZOOM, JobKind.PAN, JobKind.INPAINT):
+                from engine.outpaint import render_edit_job
+
+                return render_edit_job(self.pooled, job, self.limits, on_progress)
             return render_image_job(self.pooled, job, self.limits, on_progress)
         except BadInput as exc:
             return Failure(job.job_id, FailureKind.BAD_INPUT, str(exc))
