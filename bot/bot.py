@@ -19,11 +19,16 @@ from bot.policy import DMS_OFF, Policy
 from bot.privacy import Retention
 from bot.settings import GuildSettings
 from bot.store import JobStore
+from bot.styles import StyleBook
+from bot.user_settings import UserSettings
 from bot.views import DYNAMIC_ITEMS
 
 log = logging.getLogger("bot")
 
-INITIAL_EXTENSIONS = ("cogs.imagine", "cogs.control", "cogs.upscale", "cogs.admin", "cogs.queue", "cogs.privacy")
+INITIAL_EXTENSIONS = (
+    "cogs.imagine", "cogs.control", "cogs.upscale", "cogs.inpaint", "cogs.admin", "cogs.settings", "cogs.queue",
+    "cogs.privacy",
+)  # fmt: skip
 
 
 class ZImageTree(app_commands.CommandTree):
@@ -58,6 +63,8 @@ class ZImageBot(commands.Bot):
         self.clock = time.time  # one clock for job records and quotas; tests move it
         self.jobs = JobService(self, store, engine, config, external_wait=external_wait, clock=lambda: self.clock())
         self.guild_settings = GuildSettings(store, config)
+        self.user_settings = UserSettings(store)
+        self.styles = StyleBook(store)
         self.policy = Policy(self.guild_settings, clock=lambda: self.clock())
         self.retention = Retention(store, config.storage.keep_days, clock=lambda: self.clock())
         self.tree.error(self.on_app_command_error)

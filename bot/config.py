@@ -61,7 +61,8 @@ class ImagineConfig:
     target_pixels: int = 0  # area the aspect choices aim at; 0 = ~1 MP (64x64 with the tiny model: ~256x256)
     progress_interval: float = 1.5  # seconds between status-message edits (Discord rate limits edits)
     preview_every: int = 2  # latent preview every N steps; 0 = no previews
-    vary_strength: float = 0.6
+    vary_subtle: float = 0.35  # img2img strength of Vary (Subtle)
+    vary_strong: float = 0.7  # Vary (Strong) and the V1-V4 buttons of a grid
 
 
 @dataclass
@@ -128,6 +129,7 @@ POSITIVE = {
     ("inputs", "max_bytes"), ("inputs", "max_megapixels"), ("upscale", "max_side"), ("upscale", "refine_denoise"),
     ("storage", "keep_days"),
 }  # fmt: skip
+UNIT_INTERVAL = {("imagine", "vary_subtle"), ("imagine", "vary_strong")}
 
 
 def _section(cls, name: str, raw: dict[str, Any]):
@@ -152,6 +154,8 @@ def _section(cls, name: str, raw: dict[str, Any]):
             raise ConfigError(f"{name}.{key} must be one of {', '.join(CHOICES[(name, key)])}; got {value!r}")
         if (name, key) in POSITIVE and value <= 0:
             raise ConfigError(f"{name}.{key} must be positive; got {value!r}")
+        if (name, key) in UNIT_INTERVAL and not 0 < value <= 1:
+            raise ConfigError(f"{name}.{key} is an img2img strength in (0, 1]; got {value!r}")
         if (name, key) == ("upscale", "refine_tile") and value and (value % 16 or value < 64):
             raise ConfigError(f"upscale.refine_tile must be 0 or a multiple of 16 from 64; got {value}")
         values[key] = value

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 import discord
 
 from bot.config import Config
+from bot.offload import off_loop
 from bot.render import fit_upload, grid_png, result_embed, upload_limit, upscale_embed
 from bot.screening import (
     BLOCKED_PUBLIC,
@@ -113,7 +114,7 @@ class Delivery:
             await tell_requester(self.client, job.user_id, job.guild_id, spec.prompt)
             return
         await self.store.add_results(job.id, result.images, spec)
-        png = result.images[0] if len(result.images) == 1 else grid_png(result.images, spec)
+        png = result.images[0] if len(result.images) == 1 else await off_loop(grid_png, result.images, spec)
         channel = self.client.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
         guild = self.client.get_guild(job.guild_id) if job.guild_id else None
         limit = upload_limit(guild, self.config.discord.max_upload_bytes)
@@ -121,7 +122,7 @@ class Delivery:
         content = f"<@{job.user_id}>" + (f" {SPOILER_WARNING}" if decision.action == Action.SPOILER else "")
         message = None
         for attempt_limit in (limit, limit // 2):  # a 413 despite our estimate: halve once and retry
-            fitted = fit_upload(png, attempt_limit, f"zimage-{job.id}")
+            fitted = await off_loop(fit_upload, png, attempt_limit, f"zimage-{job.id}")
             seconds, shown = result.timings.get("total", 0.0), None if spoiler else fitted.filename
             if spec.kind == JobKind.UPSCALE:
                 embed = upscale_embed(spec, seconds, fitted, shown)
@@ -129,7 +130,8 @@ class Delivery:
                 embed = result_embed(spec, seconds, fitted.note, shown)
             files = [discord.File(io.BytesIO(fitted.data), fitted.filename, spoiler=spoiler)]
             if "control_map" in result.extra_images:  # shown beside the result: what the model followed
-                control = fit_upload(result.extra_images["control_map"], attempt_limit // 4, f"control-{job.id}")
+                control_map, control_stem = result.extra_images["control_map"], f"control-{job.id}"
+                control = await off_loop(fit_upload, control_map, attempt_limit // 4, control_stem)
                 files.append(discord.File(io.BytesIO(control.data), control.filename, spoiler=spoiler))
                 if not spoiler:
                     embed.set_thumbnail(url=f"attachment://{control.filename}")

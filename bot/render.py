@@ -109,15 +109,28 @@ def upload_limit(guild: discord.Guild | None, configured: int) -> int:
     return min(limit, configured) if configured else limit
 
 
+# Operations on an earlier result that no single command repeats: Info names the source job.
+EDITS = ("vary", "upscale", "zoom", "pan", "inpaint")
+
+
 def reproduce_command(spec: JobSpec, extras: JobExtras, seed: int | None = None) -> str:
     """The exact command that makes this image again (/control and /upscale: with the same attachment);
     for an edit of an earlier result, the source job and the operation."""
     seed = spec.seed if seed is None else seed
-    if extras.source_job is not None and extras.operation in ("vary", "upscale"):
+    if extras.source_job is not None and extras.operation in EDITS:
         image = f"image {(extras.source_index or 0) + 1} of job `{extras.source_job}`"
-        if extras.operation == "vary":
-            return f"Vary (strength {spec.denoise:g}) of {image}, seed {seed}"
-        return f"Upscale x{spec.scale} of {image}"
+        if extras.operation == "upscale":
+            return f"Upscale x{spec.scale} of {image}"
+        how = {
+            "vary": f"Vary (strength {spec.denoise:g})",
+            "zoom": f"Zoom out {spec.zoom_factor:g}×",
+            "pan": f"Pan {spec.pan_direction}",
+            "inpaint": f"/inpaint region:{spec.region}" if spec.region else "/inpaint with the same mask",
+        }[extras.operation]
+        return f"{how} of {image}, prompt: {spec.prompt}, seed {seed}"
+    if spec.kind == "inpaint":  # /inpaint of an attached image
+        where = f"region:{spec.region}" if spec.region else "mask:<the same mask>"
+        return f"/inpaint image:<the same image> {where} prompt:{spec.prompt} seed:{seed}"
     if spec.kind == JobKind.UPSCALE:
         refine = f" refine:True denoise:{spec.denoise:g}" if spec.refine else ""
         return f"/upscale image:<the same image> scale:x{spec.scale}{refine}"
@@ -159,9 +172,13 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def result_embed(spec: JobSpec, seconds: float, note: str | None, image_name: str | None) -> discord.Embed:
+def result_embed(
+    spec: JobSpec, seconds: float, note: str | None, image_name: str | None, extras: JobExtras | None = None
+) -> discord.Embed:
     """The result card; image_name None leaves the picture out of the embed (spoilered results)."""
     embed = discord.Embed(description=_clip(spec.prompt, 1000), colour=discord.Colour.blurple())
+    if extras is not None and extras.style:
+        embed.add_field(name="Style", value=_clip(extras.style, 100))
     seeds = spec.seeds
     embed.add_field(name="Seed" if len(seeds) == 1 else "Seeds", value=", ".join(map(str, seeds)))
     embed.add_field(name="Model", value=model_label(spec.model))
@@ -202,7 +219,10 @@ def upscale_embed(spec: JobSpec, seconds: float, fitted: FittedImage, image_name
 def info_embed(job: JobRecord) -> discord.Embed:
     spec = job.spec
     embed = discord.Embed(title=f"Job {job.id}", colour=discord.Colour.dark_grey())
-    embed.add_field(name="Prompt", value=_clip(spec.prompt, 1000) or "—", inline=False)
+    if job.extras.style:
+        embed.add_field(name="Style", value=_clip(job.extras.style, 100), inline=False)
+    final = "Final prompt (with the style)" if job.extras.style else "Prompt"
+    embed.add_field(name=final, value=_clip(spec.prompt, 1000) or "—", inline=False)
     if spec.negative_prompt:
         embed.add_field(name="Negative prompt", value=_clip(spec.negative_prompt, 1000), inline=False)
     for name, value in (("Model", spec.model), ("Steps", spec.steps), ("CFG", spec.cfg)):

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from bot.store import JobStore
     from engine.jobspec import Limits
 
-COMMANDS = ("imagine", "control", "upscale")
+COMMANDS = ("imagine", "control", "upscale", "inpaint")
 
 
 class SettingError(Exception):

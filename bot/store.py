@@ -10,6 +10,7 @@ A job's `params` column holds `{"v": SPEC_VERSION, "spec": JobSpec, "extras": Jo
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import os
@@ -337,7 +338,7 @@ class JobStore:
         try:
             for index, png in enumerate(images):
                 path = self.data_dir / "results" / f"{job_id}-{index}.png"
-                write_file(path, png)
+                await asyncio.to_thread(write_file, path, png)  # a 4096² PNG is tens of MB: not in the loop
                 written.append(path)
                 own = spec.for_image(index)
                 rows.append((job_id, index, own.seed, str(path), json.dumps(own.to_dict())))

@@ -34,6 +34,7 @@ class JobRequest:
     extras: JobExtras = NO_EXTRAS
     input_image: bytes | None = None
     user_cap: int | None = None  # queued jobs this member may have; None: the operator's per-user cap
+    mask_image: bytes | None = None  # inpaint: white = redraw (stored beside the input image)
 
 
 def bot_of(interaction: discord.Interaction) -> ZImageBot:
@@ -64,6 +65,7 @@ async def enqueue(
     *,
     extras: JobExtras = NO_EXTRAS,
     input_image: bytes | None = None,
+    mask_image: bytes | None = None,
 ) -> None:
     """Check, queue and acknowledge a job: `label` starts the public message ("Queued", "Reroll queued")."""
     bot = bot_of(interaction)
@@ -71,7 +73,7 @@ async def enqueue(
         admitted = await bot.policy.check(interaction, command, spec)
         request = JobRequest(
             interaction.guild_id, interaction.channel_id or 0, interaction.user.id, admitted.spec,
-            replace(extras, spoiler=admitted.spoiler), input_image, admitted.user_cap,
+            replace(extras, spoiler=admitted.spoiler), input_image, admitted.user_cap, mask_image,
         )  # fmt: skip
         submitted = await bot.jobs.submit(request)
     except Refused as exc:

@@ -13,37 +13,15 @@ from pathlib import Path
 
 import discord
 
+from bot.edit_views import EDIT_ITEMS, edit_button_rows
+from bot.remix import RemixButton, Variation, open_remix, queue_variation, remix_mode
 from bot.render import info_embed
 from bot.reports import NOT_HERE, ModDeleteButton, ReportButton, clicked_on_its_result
+from bot.result_lookup import command_of, finished_job, job_inputs, stored_image
 from bot.status_view import ID, CancelButton
-from bot.store import JobExtras, JobRecord, JobState, ResultImage
+from bot.store import JobExtras
 from bot.submit import bot_of, enqueue, enqueue_upscale
 from engine.jobspec import JobKind, JobSpec
-
-
-async def _finished_job(interaction: discord.Interaction, job_id: str) -> JobRecord | None:
-    job = await bot_of(interaction).store.get_job(job_id)
-    if job is None or job.state != JobState.DONE:
-        await interaction.response.send_message(
-            "That result is no longer in the bot's records (deleted, or past this bot's retention).", ephemeral=True
-        )
-        return None
-    if not clicked_on_its_result(job, interaction):
-        await interaction.response.send_message(NOT_HERE, ephemeral=True)
-        return None
-    return job
-
-
-async def _stored_image(interaction: discord.Interaction, job_id: str, index: int):
-    """(job, stored result `index`) for the V and U buttons; (job or None, None) after replying why not."""
-    job = await _finished_job(interaction, job_id)
-    if job is None:
-        return None, None
-    results: list[ResultImage] = await bot_of(interaction).store.results_for(job_id)
-    if index >= len(results) or not Path(results[index].path).exists():
-        await interaction.response.send_message("That image is no longer stored.", ephemeral=True)
-        return job, None
-    return job, results[index]
 
 
 class RerollButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"zi:reroll:{ID}"):
@@ -56,43 +34,52 @@ class RerollButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"zi:rer
         return cls(match["job"])
 
     async def callback(self, interaction: discord.Interaction) -> None:
-        job = await _finished_job(interaction, self.job_id)
+        job = await finished_job(interaction, self.job_id)
         if job is None:
             return
-        image = None
-        if job.input_path and Path(job.input_path).exists():  # /control: the same control image and mode
-            image = Path(job.input_path).read_bytes()
-        command = "control" if job.kind == JobKind.CONTROL else "imagine"  # a reroll of /control is a /control
+        if await remix_mode(interaction):
+            await open_remix(interaction, job)
+            return
+        # The same inputs (a /control image, an edit's source and mask) and settings, a new seed.
+        image, mask = job_inputs(bot_of(interaction).store, job)
         spec = replace(job.spec, seed=None)
-        await enqueue(interaction, command, spec, "Reroll queued", extras=job.extras, input_image=image)
+        await enqueue(
+            interaction, command_of(job.kind), spec, "Reroll queued", extras=job.extras, input_image=image,
+            mask_image=mask,
+        )  # fmt: skip
 
 
-class VaryButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"zi:vary:{ID}:(?P<index>[0-3])"):
-    def __init__(self, job_id: str, index: int, label: str = "Vary"):
-        button: discord.ui.Button = discord.ui.Button(label=label, emoji="🪄" if label == "Vary" else None)
-        button.custom_id = f"zi:vary:{job_id}:{index}"
+class VaryButton(
+    discord.ui.DynamicItem[discord.ui.Button],
+    template=rf"zi:vary:{ID}:(?P<index>[0-3])(?::(?P<how>subtle|strong))?",
+):
+    """V1-V4 on a grid (strong), Vary (Subtle) and Vary (Strong) on a single image; results posted
+    before Subtle/Strong existed carry no `how` and vary strongly."""
+
+    def __init__(self, job_id: str, index: int, how: str = "strong", label: str | None = None):
+        button: discord.ui.Button = discord.ui.Button(label=label or f"Vary ({how.capitalize()})")
+        button.emoji = "🪄" if label is None else None
+        button.custom_id = f"zi:vary:{job_id}:{index}:{how}"
         super().__init__(button)
         self.job_id = job_id
         self.index = index
+        self.how = how
 
     @classmethod
     async def from_custom_id(cls, interaction, item, match: re.Match[str]):
-        return cls(match["job"], int(match["index"]), item.label or "Vary")
+        return cls(match["job"], int(match["index"]), match["how"] or "strong", item.label)
 
     async def callback(self, interaction: discord.Interaction) -> None:
-        job, source = await _stored_image(interaction, self.job_id, self.index)
+        job, source = await stored_image(interaction, self.job_id, self.index)
         if job is None or source is None:
             return
-        strength = bot_of(interaction).config.imagine.vary_strength
-        original = job.spec
-        spec = JobSpec(
-            kind=JobKind.IMG2IMG, prompt=original.prompt, negative_prompt=original.negative_prompt,
-            model=original.model, width=original.width, height=original.height, steps=original.steps,
-            cfg=original.cfg, denoise=strength, lora=original.lora, lora_strength=original.lora_strength,
-        )  # fmt: skip
-        extras = JobExtras(aspect=job.extras.aspect, source_job=self.job_id, source_index=self.index, operation="vary")
-        label = f"Variation of image {self.index + 1} queued"
-        await enqueue(interaction, "imagine", spec, label, extras=extras, input_image=Path(source.path).read_bytes())
+        config = bot_of(interaction).config.imagine
+        strength = config.vary_subtle if self.how == "subtle" else config.vary_strong
+        variation = Variation(source, self.how, strength)
+        if await remix_mode(interaction):
+            await open_remix(interaction, job, variation)
+            return
+        await queue_variation(interaction, job, variation, job.spec.prompt, job.spec.negative_prompt)
 
 
 class UpscaleButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"zi:upscale:{ID}:(?P<index>[0-3])"):
@@ -110,7 +97,7 @@ class UpscaleButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"zi:up
         return cls(match["job"], int(match["index"]), item.label or "Upscale")
 
     async def callback(self, interaction: discord.Interaction) -> None:
-        job, stored = await _stored_image(interaction, self.job_id, self.index)
+        job, stored = await stored_image(interaction, self.job_id, self.index)
         if job is None or stored is None:
             return
         spec = JobSpec(kind=JobKind.UPSCALE, prompt=job.spec.prompt, refine=False, denoise=0.0)
@@ -129,7 +116,7 @@ class InfoButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"zi:info:
         return cls(match["job"])
 
     async def callback(self, interaction: discord.Interaction) -> None:
-        job = await _finished_job(interaction, self.job_id)
+        job = await finished_job(interaction, self.job_id)
         if job is None:
             return
         await interaction.response.send_message(embed=info_embed(job), ephemeral=True)
@@ -171,26 +158,29 @@ class DeleteButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"zi:del
 
 
 DYNAMIC_ITEMS = (
-    RerollButton, VaryButton, UpscaleButton, InfoButton, DeleteButton, CancelButton, ReportButton, ModDeleteButton,
+    RerollButton, RemixButton, VaryButton, UpscaleButton, InfoButton, DeleteButton, CancelButton, ReportButton,
+    ModDeleteButton, *EDIT_ITEMS,
 )  # fmt: skip
 
 
 def result_view(job_id: str, count: int, kind: str = JobKind.TXT2IMG) -> discord.ui.View:
+    """A result's buttons: an upscale has no prompt to reroll, vary or show; a single image can be
+    varied, zoomed out and panned (and so can what that makes); a grid has V1-V4 and U1-U4."""
     view = discord.ui.View(timeout=None)
-    if kind == JobKind.UPSCALE:  # an upscale has no prompt to reroll, vary or show
+    if kind == JobKind.UPSCALE:
         view.add_item(ReportButton(job_id))
         view.add_item(DeleteButton(job_id))
         return view
-    view.add_item(RerollButton(job_id))
+    top: list[discord.ui.Item] = [RerollButton(job_id), RemixButton(job_id)]
     if count == 1:
-        view.add_item(VaryButton(job_id, 0))
-        view.add_item(UpscaleButton(job_id, 0))
+        top += [VaryButton(job_id, 0, "subtle"), VaryButton(job_id, 0, "strong"), UpscaleButton(job_id, 0)]
+        rows = [top, *edit_button_rows(job_id)]
     else:
-        for index in range(count):
-            view.add_item(VaryButton(job_id, index, label=f"V{index + 1}"))
-        for index in range(count):
-            view.add_item(UpscaleButton(job_id, index, label=f"U{index + 1}"))
-    view.add_item(InfoButton(job_id))
-    view.add_item(ReportButton(job_id))
-    view.add_item(DeleteButton(job_id))
+        rows = [top, [VaryButton(job_id, i, label=f"V{i + 1}") for i in range(count)]]
+        rows.append([UpscaleButton(job_id, i, label=f"U{i + 1}") for i in range(count)])
+    rows.append([InfoButton(job_id), ReportButton(job_id), DeleteButton(job_id)])
+    for row, items in enumerate(rows):
+        for item in items:
+            item.row = row
+            view.add_item(item)
     return view

@@ -11,6 +11,7 @@ from discord.ext import commands
 
 from bot.privacy import forget_user
 from bot.settings import SETTINGS, SettingError, describe
+from cogs.styles import StyleCommands
 
 SETTING_CHOICES = [app_commands.Choice(name=f"{key} — {s.description}"[:100], value=key) for key, s in SETTINGS.items()]
 VALUE_HINTS = {
@@ -45,6 +46,7 @@ class ConfigCommands(app_commands.Group, name="config", description="This server
     def __init__(self, bot):
         super().__init__()
         self.bot = bot
+        self.add_command(StyleCommands(bot))
 
     @app_commands.command(name="view", description="Every setting and its effective value")
     async def view(self, interaction: discord.Interaction) -> None:

@@ -93,7 +93,10 @@ class QueueCommands(commands.Cog):
                 "`/imagine prompt [lora]` — text to image (Turbo: fast; Base: 30 steps, honours negatives)\n"
                 "`/control image prompt [mode]` — follow the edges, depth or pose of your image (Turbo)\n"
                 "`/upscale image [scale] [refine]` — Real-ESRGAN ×2/×4; also the **Upscale image** message menu\n"
-                "Buttons: **Reroll** new seed · **Vary** / V1–V4 img2img · **Upscale** / U1–U4 · **Info** · **Delete**\n"
+                "`/inpaint image prompt [mask] [region]` — redraw the white part of a mask, or a region (Turbo)\n"
+                "Buttons: **Reroll** new seed · **Remix** edit the prompt · **Vary (Subtle/Strong)** / V1–V4 · "
+                "**Upscale** / U1–U4 · **Zoom Out** · **Pan** ⬅️➡️⬆️⬇️ · **Info** · **Delete**\n"
+                "`/imagine style:` server styles · `/settings` your defaults and Remix mode\n"
                 "`/queue` — your jobs · `/cancel` — stop a queued job · `/config` — settings (Manage Server)"
             ),
             inline=False,

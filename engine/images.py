@@ -58,6 +58,15 @@ def parameters_text(params: dict[str, Any]) -> str:
         fields.append(f"ControlNet: {params['control_mode']} {params.get('control_strength')}")
     if params.get("lora"):
         fields.append(f"LoRA: {params['lora']} {params['lora_strength']:g}")
+    edit = params.get("kind")  # the edits name what they did; the source image is not in the file
+    if edit == "zoom":
+        fields.append(f"Zoom out: {params['zoom_factor']:g}x")
+    elif edit == "pan":
+        fields.append(f"Pan: {params['pan_direction']}, Source size: {params['input_width']}x{params['input_height']}")
+    elif edit == "inpaint":
+        fields.append(f"Inpaint: {params.get('region') or 'mask'}")
+    if edit in ("zoom", "pan", "inpaint"):
+        fields.append(f"ControlNet: inpaint {params['control_strength']}")
     lines.append(", ".join(fields))
     return "\n".join(lines)
 

@@ -205,3 +205,56 @@ BAD_INPUTS = [
     ("dot.png", encoded(Image.new("RGB", (1, 1))), "1×1: too small"),
     ("strip.png", encoded(Image.new("RGB", (8000, 50), "white")), "aspect ratio over 6:1"),
 ]
+
+
+# -- event-loop responsiveness ------------------------------------------------------------------
+
+
+class LoopLagProbe:
+    """The event loop's longest stall: a task sleeps `interval` seconds in a loop and records how much
+    later than asked it woke (wall clock), and how much CPU the loop's thread used meanwhile.
+    `async with LoopLagProbe() as probe: ...; probe.max_ms, probe.max_busy_ms`.
+
+    On a shared machine the wall-clock lag also counts time the OS gave the cores to other
+    processes; `busy` counts only what the loop itself ran (a blocking call in a callback).
+    Run it from test code, not from inside the bot: simcord makes bot-owned timers virtual."""
+
+    def __init__(self, interval: float = 0.005):
+        self.interval = interval
+        self.lags: list[float] = []  # seconds late, one per wake-up
+        self.busy: list[float] = []  # CPU seconds the loop's thread used between two wake-ups
+        self._task: asyncio.Task | None = None
+
+    async def _run(self) -> None:
+        import time
+
+        while True:
+            asked, cpu = time.perf_counter(), time.thread_time()
+            await asyncio.sleep(self.interval)
+            self.lags.append(max(0.0, time.perf_counter() - asked - self.interval))
+            self.busy.append(time.thread_time() - cpu)
+
+    async def __aenter__(self) -> LoopLagProbe:
+        self._task = asyncio.create_task(self._run(), name="loop-lag-probe")
+        await asyncio.sleep(0)  # the probe runs before the code it measures
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        assert self._task is not None
+        await asyncio.sleep(self.interval * 2)  # a stall at the very end still gets its wake-up recorded
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    @property
+    def max_ms(self) -> float:
+        return 1000 * max(self.lags, default=0.0)
+
+    @property
+    def max_busy_ms(self) -> float:
+        return 1000 * max(self.busy, default=0.0)
+
+    @property
+    def p99_ms(self) -> float:
+        ordered = sorted(self.lags)
+        return 1000 * ordered[int(0.99 * (len(ordered) - 1))] if ordered else 0.0

@@ -35,7 +35,7 @@ async def test_config_is_hidden_from_non_admins_and_refused_at_run_time(engine_c
         fields = {field.name: field.value for field in shown.response.embeds[0].fields}
         assert (
             fields["max_steps_turbo (default)"] == "50"
-            and fields["commands (default)"] == "/imagine, /control, /upscale"
+            and fields["commands (default)"] == "/imagine, /control, /upscale, /inpaint"
         )
 
 

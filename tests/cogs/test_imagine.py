@@ -30,7 +30,11 @@ async def test_imagine_acknowledges_shows_progress_and_posts_a_result(engine_cli
         fields = {f.name: f.value for f in posted.embeds[0].fields}
         assert fields["Seed"] == "1" and fields["Model"] == "Z-Image-Turbo" and fields["Steps · CFG"] == "4 · 1"
         labels = [c.label for row in posted.components for c in row.children]
-        assert labels == ["Reroll", "Vary", "Upscale", "Info", "Report", "Delete"]
+        assert labels == [
+            "Reroll", "Remix", "Vary (Subtle)", "Vary (Strong)", "Upscale", "Zoom Out 1.5×", "Zoom Out 2×",
+            "Custom Zoom", None, None, None, None, "Info", "Report", "Delete",
+        ]  # fmt: skip
+        assert [str(c.emoji) for c in posted.components[2].children] == ["⬅️", "➡️", "⬆️", "⬇️"]
 
         progress = [text for text in world.contents_sent() if "Generating… step" in text]
         assert progress and progress[0].startswith("Generating… step 1/4"), world.contents_sent()
@@ -49,9 +53,9 @@ async def test_reroll_vary_info_and_delete_buttons(engine_client, tmp_path):
         assert reroll_job.state == "done" and reroll_job.spec.seed != 7 and reroll_job.user_id == world.bob.id
         assert reroll_job.spec.prompt == "a blue dog"
 
-        vary = await world.alice.click(original, label="Vary")
+        vary = await world.alice.click(original, label="Vary (Strong)")
         vary_job = await world.wait_job(world.job_id(vary))
-        assert vary_job.state == "done" and vary_job.kind == "img2img" and vary_job.spec.denoise == 0.6
+        assert vary_job.state == "done" and vary_job.kind == "img2img" and vary_job.spec.denoise == 0.7
         assert vary_job.spec.seed != 7
 
         info = await world.bob.click(original, label="Info")
@@ -74,7 +78,9 @@ async def test_count_four_posts_a_grid_with_v_buttons(engine_client, tmp_path):
         grid = Image.open(io.BytesIO(await posted.attachments[0].read()))
         assert grid.size == (128, 128)
         labels = [c.label for row in posted.components for c in row.children]
-        assert labels == ["Reroll", "V1", "V2", "V3", "V4", "U1", "U2", "U3", "U4", "Info", "Report", "Delete"]
+        assert labels == [
+            "Reroll", "Remix", "V1", "V2", "V3", "V4", "U1", "U2", "U3", "U4", "Info", "Report", "Delete",
+        ]  # fmt: skip
         assert {f.name: f.value for f in posted.embeds[0].fields}["Seeds"] == "3, 4, 5, 6"
         results = await world.bot.store.results_for(job_id)
         assert [r.seed for r in results] == [3, 4, 5, 6]

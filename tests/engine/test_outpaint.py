@@ -49,6 +49,7 @@ def test_zoom_out_2x_keeps_the_shrunk_image_exactly_in_the_centre(tiny_pipeline,
     assert out[:16].std() > 1  # drawn, not the flat fill the ControlNet was given
     params = read_png_parameters(result.images[0])
     assert (params["kind"], params["zoom_factor"], params["model"]) == ("zoom", 2.0, "turbo")
+    assert "Zoom out: 2x, ControlNet: inpaint 0.8" in Image.open(io.BytesIO(result.images[0])).text["parameters"]
 
 
 @pytest.mark.parametrize("direction", ["left", "right", "up", "down"])
