@@ -127,7 +127,7 @@ class Delivery:
             if spec.kind == JobKind.UPSCALE:
                 embed = upscale_embed(spec, seconds, fitted, shown)
             else:
-                embed = result_embed(spec, seconds, fitted.note, shown)
+                embed = result_embed(spec, seconds, fitted.note, shown, job.extras)
             files = [discord.File(io.BytesIO(fitted.data), fitted.filename, spoiler=spoiler)]
             if "control_map" in result.extra_images:  # shown beside the result: what the model followed
                 control_map, control_stem = result.extra_images["control_map"], f"control-{job.id}"

@@ -49,7 +49,8 @@ class JobExtras:
     spoiler: bool = False  # the guild posts results as spoilers
     source_job: str | None = None  # an edit of an earlier result (vary, upscale): its job and image
     source_index: int | None = None
-    operation: str | None = None  # "reroll", "vary", "upscale": how it was made from the source
+    operation: str | None = None  # "vary", "upscale", "zoom", "pan", "inpaint", "remix": how it was made
+    style: str | None = None  # the server style applied to the prompt (the spec holds the final prompt)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -247,6 +248,7 @@ class JobStore:
                 Path(result.path).unlink(missing_ok=True)
             if job.input_path:
                 Path(job.input_path).unlink(missing_ok=True)
+            self.mask_path(job.id).unlink(missing_ok=True)
         for job in jobs:
             if job.state != JobState.CANCELLED and job.created_at >= self.clock() - TOMBSTONE_SECONDS:
                 await self.db.execute(
@@ -330,6 +332,19 @@ class JobStore:
         path = self.input_path(job_id)
         write_file(path, data)
         return str(path)
+
+    def mask_path(self, job_id: str) -> Path:
+        """An inpaint job's mask (white = redraw), beside its input image."""
+        return self.data_dir / "inputs" / f"{job_id}.mask.png"
+
+    def save_mask(self, job_id: str, data: bytes) -> str:
+        path = self.mask_path(job_id)
+        write_file(path, data)
+        return str(path)
+
+    def read_mask(self, job_id: str) -> bytes | None:
+        path = self.mask_path(job_id)
+        return path.read_bytes() if path.exists() else None
 
     async def add_results(self, job_id: str, images: list[bytes], spec: JobSpec) -> None:
         """The images of a finished job; image `index` records `spec.for_image(index)`.
