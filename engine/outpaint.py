@@ -102,7 +102,9 @@ def inpaint_canvas(source: Image.Image, width: int, height: int, mask_data: byte
                 f"The mask is {mask_w}x{mask_h} but the image is {image_w}x{image_h}: the mask needs the "
                 "image's aspect ratio (paint it over a copy of the image)."
             )
-        redraw = np.asarray(mask.resize((width, height), Image.Resampling.BILINEAR)) >= 128
+        # Resized to the image, then cropped and scaled exactly as the image was to the output size.
+        on_image = mask.resize(source.size, Image.Resampling.BILINEAR)
+        redraw = np.asarray(fit_to_size(on_image, width, height)) >= 128
         if not redraw.any():
             raise BadInput("The mask is all black: nothing to redraw. Paint white where the image should change.")
     return EditCanvas(canvas, redraw, seam_width(width // 2, height // 2))
