@@ -128,7 +128,7 @@ def reproduce_command(spec: JobSpec, extras: JobExtras, seed: int | None = None)
             "inpaint": f"/inpaint region:{spec.region}" if spec.region else "/inpaint with the same mask",
         }[extras.operation]
         return f"{how} of {image}, prompt: {spec.prompt}, seed {seed}"
-    if spec.kind == "inpaint":  # /inpaint of an attached image
+    if spec.kind == JobKind.INPAINT:  # /inpaint of an attached image
         where = f"region:{spec.region}" if spec.region else "mask:<the same mask>"
         return f"/inpaint image:<the same image> {where} prompt:{spec.prompt} seed:{seed}"
     if spec.kind == JobKind.UPSCALE:
@@ -189,6 +189,13 @@ def result_embed(
         embed.add_field(name="Vary strength", value=f"{spec.denoise:g}")
     if spec.kind == JobKind.CONTROL:
         embed.add_field(name="Control", value=f"{spec.control_mode} · {spec.control_strength:g}")
+    edits = {
+        JobKind.ZOOM: f"Zoom out {spec.zoom_factor:g}×",
+        JobKind.PAN: f"Pan {spec.pan_direction}",
+        JobKind.INPAINT: f"Inpaint ({spec.region or 'mask'})",
+    }
+    if spec.kind in edits:
+        embed.add_field(name="Edit", value=edits[spec.kind])
     if spec.lora:
         embed.add_field(name="LoRA", value=f"{spec.lora} · {spec.lora_strength:g}")
     if spec.negative_prompt:

@@ -116,6 +116,7 @@ async def test_zoom_and_pan_buttons_queue_the_right_kind_and_size(engine_client,
         assert zoomed.state == "done", zoomed.error
         assert (zoomed.kind, zoomed.spec.zoom_factor, (zoomed.spec.width, zoomed.spec.height)) == ("zoom", 2.0, size)
         assert zoomed.spec.model == "turbo" and zoomed.extras.operation == "zoom"
+        assert {f.name: f.value for f in world.bot_messages()[-1].embeds[0].fields}["Edit"] == "Zoom out 2×"
 
         zoomed_post = world.bot_messages()[-1]
         pan = await world.alice.click(zoomed_post, custom_id=f"zi:pan:{zoomed.id}:left")  # a zoomed image pans
