@@ -30,6 +30,7 @@ class DiscordConfig:
     dm_cooldown: int = 10  # seconds between DM requests
     dm_blocked_words: list[str] = field(default_factory=list)  # added to the built-in rule, as a guild's are
     dm_blocked_patterns: list[str] = field(default_factory=list)
+    download_timeout_s: float = 20.0  # an attachment that takes longer to download is refused, nothing queued
 
 
 @dataclass
@@ -128,6 +129,7 @@ POSITIVE = {
     ("queue", "per_user"), ("queue", "total"), ("imagine", "progress_interval"),
     ("inputs", "max_bytes"), ("inputs", "max_megapixels"), ("upscale", "max_side"), ("upscale", "refine_denoise"),
     ("storage", "keep_days"),
+    ("discord", "download_timeout_s"),
 }  # fmt: skip
 UNIT_INTERVAL = {("imagine", "vary_subtle"), ("imagine", "vary_strong")}
 

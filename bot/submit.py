@@ -13,10 +13,12 @@ from typing import TYPE_CHECKING, cast
 
 import discord
 
+from bot.attachments import InputImage, prepare_image
 from bot.errors import Refused
+from bot.offload import off_loop
 from bot.status_view import status_view
 from bot.store import JobExtras, StorageError
-from engine.jobspec import JobKind, JobSpec
+from engine.jobspec import BadInput, JobKind, JobSpec, resolve
 
 if TYPE_CHECKING:
     from bot.bot import ZImageBot
@@ -64,13 +66,16 @@ async def enqueue(
     notes: Sequence[str] = (),
     *,
     extras: JobExtras = NO_EXTRAS,
-    input_image: bytes | None = None,
+    input_image: bytes | InputImage | None = None,
     mask_image: bytes | None = None,
 ) -> None:
-    """Check, queue and acknowledge a job: `label` starts the public message ("Queued", "Reroll queued")."""
+    """Check, queue and acknowledge a job: `label` starts the public message ("Queued", "Reroll queued").
+    An attachment (InputImage) is decoded only once the job is known to fit, at the size it uses."""
     bot = bot_of(interaction)
     try:
         admitted = await bot.policy.check(interaction, command, spec)
+        if isinstance(input_image, InputImage):
+            input_image = await prepared_input(bot, admitted.spec, input_image)
         request = JobRequest(
             interaction.guild_id, interaction.channel_id or 0, interaction.user.id, admitted.spec,
             replace(extras, spoiler=admitted.spoiler), input_image, admitted.user_cap, mask_image,
@@ -86,9 +91,20 @@ async def enqueue(
     await post_queued(interaction, text + "".join(f"\n{note}" for note in notes), submitted.job.id)
 
 
+async def prepared_input(bot: ZImageBot, spec: JobSpec, checked: InputImage) -> bytes:
+    """The attachment's bytes for the job, after the job's own checks: a 40 MP photo that an upscale
+    would refuse for its size is never decoded; /control stores it reduced to about the size it uses."""
+    try:
+        resolved = resolve(spec, bot.jobs.limits, has_input=True)
+    except BadInput as exc:
+        raise Refused(str(exc)) from None
+    fit = None if resolved.kind == JobKind.UPSCALE else (resolved.width, resolved.height)
+    return (await off_loop(prepare_image, checked, fit)).data
+
+
 async def enqueue_upscale(
     interaction: discord.Interaction,
-    image: bytes,
+    image: bytes | InputImage,
     size: tuple[int, int],
     spec: JobSpec,
     notes: Sequence[str] = (),

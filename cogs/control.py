@@ -1,7 +1,8 @@
 """/control: an attached image guides Turbo through ControlNet Union 2.1.
 
-The attachment is downloaded and checked here, before anything is queued (Discord CDN URLs
-expire, and a bad file should cost the user one ephemeral message, not a place in the queue).
+The interaction is acknowledged privately, then the attachment is downloaded and checked here,
+before anything is queued (Discord CDN URLs expire, and a bad file should cost the user one
+ephemeral message, not a place in the queue).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.attachments import ImageLimits, read_image_attachment, size_matching
+from bot.attachments import ImageLimits, download_options, read_image_attachment, size_matching
 from bot.errors import Refused
 from bot.render import ASPECTS, size_for_aspect
 from bot.store import JobExtras
@@ -65,7 +66,7 @@ class Control(commands.Cog):
             await refuse(interaction, f"The {mode} mode is not available on this bot; try {', '.join(offered)}.")
             return
         try:
-            checked = await read_image_attachment(image, self.limits, interaction)
+            checked = await read_image_attachment(image, self.limits, interaction, **download_options(self.bot))
             target = self.bot.config.target_pixels
             if aspect == MATCH:
                 width, height = size_matching(checked.width, checked.height, target)
@@ -79,7 +80,7 @@ class Control(commands.Cog):
             seed=seed, control_mode=mode, control_strength=strength, canny_low=canny_low, canny_high=canny_high,
         )  # fmt: skip
         extras = JobExtras(aspect=aspect)
-        await enqueue(interaction, "control", spec, "Queued", checked.notes, extras=extras, input_image=checked.data)
+        await enqueue(interaction, "control", spec, "Queued", checked.notes, extras=extras, input_image=checked)
 
     @control.autocomplete("mode")
     async def mode_choices(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:

@@ -11,7 +11,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.attachments import ImageLimits, InputImage, read_image_attachment
+from bot.attachments import ImageLimits, InputImage, download_options, read_image_attachment
 from bot.errors import Refused
 from bot.submit import enqueue_upscale, refuse
 from engine.jobspec import MAX_REFINE_DENOISE, MIN_UPSCALE_SIDE, JobKind, JobSpec
@@ -49,7 +49,7 @@ class Upscale(commands.Cog):
     ) -> None:
         strength = self.bot.config.upscale.refine_denoise if denoise is None else denoise
         try:
-            checked = await read_image_attachment(image, self.limits, interaction)
+            checked = await read_image_attachment(image, self.limits, interaction, **download_options(self.bot))
         except Refused as exc:
             await refuse(interaction, str(exc))
             return
@@ -62,7 +62,9 @@ class Upscale(commands.Cog):
         checked, refusal = None, None
         for attachment in message.attachments:
             try:
-                checked = await read_image_attachment(attachment, self.limits, interaction)
+                checked = await read_image_attachment(
+                    attachment, self.limits, interaction, **download_options(self.bot)
+                )
                 break
             except Refused as exc:
                 refusal = refusal or str(exc)
@@ -80,7 +82,7 @@ class Upscale(commands.Cog):
         self, interaction: discord.Interaction, checked: InputImage, spec: JobSpec, auto_scale: bool = False
     ) -> None:
         size = (checked.width, checked.height)
-        await enqueue_upscale(interaction, checked.data, size, spec, checked.notes, auto_scale=auto_scale)
+        await enqueue_upscale(interaction, checked, size, spec, checked.notes, auto_scale=auto_scale)
 
 
 async def setup(bot) -> None:

@@ -95,8 +95,8 @@ class World:
         latest job id the bot sent."""
         if result.response is not None and (match := JOB_ID.search(result.response.content)):
             return match.group(1)
-        if result.response is not None and result.ephemeral:
-            return None  # refused: nothing was queued
+        if result.response is not None and result.ephemeral and not result.response.content.startswith("Queued: "):
+            return None  # refused: nothing was queued (deferred ones answer "Queued: <status link>")
         found = JOB_ID.findall("\n".join(self.contents_sent()))
         return found[-1] if found else None
 

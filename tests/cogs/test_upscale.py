@@ -11,7 +11,7 @@ from bot.errors import Refused
 from bot.render import fit_upload
 from bot.submit import JobRequest
 from engine.jobspec import JobKind, JobSpec
-from tests.helpers import BAD_INPUTS, JOB_ID, discord_world, encoded, noise
+from tests.helpers import BAD_INPUTS, JOB_ID, discord_world, drawing, encoded, noise
 
 
 def fields_of(message) -> dict[str, str]:
@@ -22,7 +22,9 @@ async def test_slash_upscale_and_the_message_menu(engine_client, tmp_path):
     async with discord_world(engine_client, tmp_path) as world:
         result = await world.alice.slash(world.channel, "upscale", image=("small.png", encoded(noise((24, 20)))))
         queued = world.contents_sent()[0]  # the status message may already be gone: see the menu below
-        assert not result.ephemeral and queued.startswith("Upscale x4 queued — position 1")
+        # Acknowledged privately before the download; the status is a channel message.
+        assert result.ephemeral and result.response.content.startswith("Queued: ")
+        assert queued.startswith(f"<@{world.alice.id}> Upscale x4 queued — position 1")
         job = await world.wait_job(JOB_ID.search(queued).group(1))
         assert job.state == "done", job.error
         assert job.kind == "upscale" and job.spec.scale == 4 and not job.spec.refine
@@ -37,8 +39,8 @@ async def test_slash_upscale_and_the_message_menu(engine_client, tmp_path):
         before = len(world.contents_sent())
         menu = await world.bob.context_menu(world.channel, "Upscale image", photo)
         # A 16 px upscale can finish (and its status message give way) before this returns: read what was sent.
-        queued = [t for t in world.contents_sent()[before:] if t.startswith("Upscale x4 queued")]
-        assert not menu.ephemeral and queued, world.contents_sent()[before:]
+        queued = [t for t in world.contents_sent()[before:] if t.startswith(f"<@{world.bob.id}> Upscale x4 queued")]
+        assert menu.response.content.startswith("Queued: ") and queued, world.contents_sent()[before:]
         job = await world.wait_job(JOB_ID.search(queued[0]).group(1))
         assert job.state == "done" and job.user_id == world.bob.id
         assert Image.open(io.BytesIO(await world.bot_messages()[-1].attachments[0].read())).size == (64, 64)
@@ -90,16 +92,18 @@ async def test_buttons_and_the_menu_fall_back_to_x2_where_x4_would_pass_the_outp
         photo = await world.bob.send(world.channel, "look", attachments=[("photo.png", encoded(noise((120, 72))))])
         before = len(world.contents_sent())
         await world.bob.context_menu(world.channel, "Upscale image", photo)
-        queued = [t for t in world.contents_sent()[before:] if t.startswith("Upscale x2 queued")]
+        queued = [t for t in world.contents_sent()[before:] if t.startswith(f"<@{world.bob.id}> Upscale x2 queued")]
         assert queued, world.contents_sent()[before:]
 
 
 async def test_bad_upscale_requests_are_ephemeral_and_queue_nothing(engine_client, tmp_path):
-    async with discord_world(engine_client, tmp_path, inputs={"max_bytes": 20_000}, upscale={"max_side": 128}) as world:
+    # The output cap is checked from the header, before decoding: 1024 lets the damaged files reach the decode.
+    limits = {"inputs": {"max_bytes": 20_000}, "upscale": {"max_side": 1024}}
+    async with discord_world(engine_client, tmp_path, **limits) as world:
         cases = [
             *BAD_INPUTS,
             ("big.png", encoded(noise((128, 128))), "the limit is 20 kB"),
-            ("wide.png", encoded(noise((40, 30))), "largest input for x4 is 32x32 pixels (or try x2)"),
+            ("wide.png", encoded(drawing((300, 200))), "largest input for x4 is 256x256 pixels (or try x2)"),
         ]
         for name, data, message in cases:
             result = await world.alice.slash(world.channel, "upscale", image=(name, data))
