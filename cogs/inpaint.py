@@ -13,7 +13,14 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.attachments import ImageLimits, read_image_attachment, size_matching
+from bot.attachments import (
+    ImageLimits,
+    InputImage,
+    download_options,
+    prepare_image,
+    read_image_attachment,
+    size_matching,
+)
 from bot.errors import Refused
 from bot.masks import prepare_mask
 from bot.store import JobExtras
@@ -52,12 +59,12 @@ class Inpaint(commands.Cog):
                 raise Refused("Attach a mask (white = redraw) or pick a region — one of the two.")
             if region is not None and region not in REGIONS:
                 raise Refused(f"Unknown region; choose one of {', '.join(REGIONS)}.")
-            checked = await read_image_attachment(image, self.limits, interaction)
+            options = download_options(self.bot)
+            checked = await read_image_attachment(image, self.limits, interaction, **options)
             mask_png = None
             if mask is not None:
-                mask_image = await read_image_attachment(mask, self.limits, interaction)
-                size = (checked.width, checked.height)
-                mask_png = await asyncio.to_thread(prepare_mask, mask_image.data, size)
+                mask_checked = await read_image_attachment(mask, self.limits, interaction, **options)
+                mask_png = await asyncio.to_thread(_mask_for, mask_checked, (checked.width, checked.height))
         except Refused as exc:
             await refuse(interaction, str(exc))
             return
@@ -68,8 +75,13 @@ class Inpaint(commands.Cog):
         )  # fmt: skip
         await enqueue(
             interaction, "inpaint", spec, "Queued", checked.notes, extras=JobExtras(aspect="match image"),
-            input_image=checked.data, mask_image=mask_png,
+            input_image=checked, mask_image=mask_png,
         )  # fmt: skip
+
+
+def _mask_for(checked: InputImage, image_size: tuple[int, int]) -> bytes:
+    """Decoded like any attachment (EXIF orientation, odd modes), then made the image's black-and-white mask."""
+    return prepare_mask(prepare_image(checked).data, image_size)
 
 
 async def setup(bot) -> None:
