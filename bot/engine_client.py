@@ -1,10 +1,13 @@
-"""Owns the engine process: start it, send it one job at a time, relay progress, restart it.
+"""Owns the engine process: start it, send it jobs, relay progress, watch it, restart it.
 
-The engine is `python -m engine serve --options <EngineOptions JSON>` talking `engine.protocol` frames over its stdin and
-stdout. Its death shows up at once as end-of-stream on stdout: the job in flight fails with
-EngineDead (the dispatcher retries it once) and a restart is scheduled with backoff, while the
-bot keeps answering commands. A `missing_weights` answer at start-up is fatal: restarting
-cannot fix it, so the client stays down and says why.
+The engine is `python -m engine serve --options <EngineOptions JSON>` talking `engine.protocol` frames
+over its stdin and stdout. A job is sent only when the engine's GPU is free (`wait_gpu_free`); the
+engine says `GpuDone` as soon as the job's GPU work ends and encodes its images meanwhile, so the next
+job can be sent before the last one's `Result` comes back. Its death shows up at once as end-of-stream
+on stdout: every job in flight fails with EngineDead (the dispatcher retries it once) and a restart is
+scheduled with capped backoff, forever: the bot keeps answering commands meanwhile. A hung engine (no
+heartbeat, or a job far over its estimate) is killed and counts as a death. A `missing_weights` answer
+at start-up is fatal: restarting cannot fix it, so the client stays down and says why.
 """
 
 from __future__ import annotations
@@ -13,10 +16,12 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import sys
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
+from bot.engine_env import Watchdog, engine_environment
 from engine import protocol
 from engine.jobspec import EngineOptions
 from engine.protocol import Cancel, Failure, FailureKind, GpuDone, Heartbeat, Job, Progress, Ready, Result, Shutdown
@@ -25,14 +30,29 @@ log = logging.getLogger("bot.engine")
 engine_log = logging.getLogger("engine")
 
 ProgressHandler = Callable[[Progress], Awaitable[None] | None]
+Outcome = Result | Failure
 
 
 class EngineDead(Exception):
-    """The engine process ended while a job was in flight."""
+    """The engine process ended (or was killed as hung) while a job was in flight."""
+
+    def __init__(self, message: str, *, hung: bool = False):
+        super().__init__(message)
+        self.hung = hung  # killed by the watchdog, not crashed on its own
 
 
 class EngineUnavailable(Exception):
-    """The engine cannot run jobs now (starting, restarting, or down for good); the message says which."""
+    """The engine cannot run jobs (its weights are missing); the message says why."""
+
+
+@dataclass
+class _InFlight:
+    job_id: str
+    future: asyncio.Future[Outcome]
+    on_progress: ProgressHandler | None
+    sent: float  # perf_counter: a real clock even where simcord makes time.monotonic virtual
+    heard: float  # perf_counter: the last frame about this job
+    limit_s: float  # the watchdog's bound on this job's whole run
 
 
 class EngineClient:
@@ -42,29 +62,31 @@ class EngineClient:
         *,
         restart_backoff: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 30.0),
         max_failed_starts: int = 5,
+        watchdog: Watchdog | None = None,
         env: dict[str, str] | None = None,
         command: list[str] | None = None,  # tests: another command line (default: `python -m engine serve`)
     ):
         self.options = options
         options_json = json.dumps(options.to_dict(), separators=(",", ":"))
         self.command = command or [sys.executable, "-m", "engine", "serve", "--options", options_json]
-        self.env = {**os.environ, **(env or {})}
+        self.env = engine_environment(extra=env)
         self.restart_backoff = restart_backoff
+        self.watchdog = watchdog or Watchdog()
         self.process: asyncio.subprocess.Process | None = None
         self.ready_info: Ready | None = None
-        self.fatal: str | None = None  # set when restarting cannot help (missing weights, or start-up keeps failing)
+        self.fatal: str | None = None  # set when restarting cannot help (missing weights)
         self.failed_starts = 0  # in a row: processes that ended (or never began) before they were ready
-        self.max_failed_starts = max_failed_starts
+        self.max_failed_starts = max_failed_starts  # past this the log shouts on every further try
         self._cancelled: set[str] = set()  # cancels that arrived before their job reached the engine
         self._ready = asyncio.Event()
-        self._current: tuple[str, asyncio.Future, ProgressHandler | None] | None = None
+        self._inflight: dict[str, _InFlight] = {}  # sent, not yet answered: on the GPU or being encoded
+        self._on_gpu: str | None = None  # the job the engine's GPU is working on
+        self._gpu_free = asyncio.Event()
+        self._gpu_free.set()
+        self._kill_reason: str | None = None  # why the watchdog killed the process
         self._tasks: set[asyncio.Task] = set()
         self._closing = False
-        self._lock = asyncio.Lock()  # one job in flight
-        # Clear from sending a job until the engine's final answer for it, even when the caller gave
-        # up early: the next job is sent only to an idle engine, so answers can never cross.
-        self._engine_idle = asyncio.Event()
-        self._engine_idle.set()
+        self._send_lock = asyncio.Lock()
 
     # -- lifetime -----------------------------------------------------------------------------
 
@@ -72,6 +94,7 @@ class EngineClient:
         """Spawn the engine; returns at once. `wait_ready` waits for its models to load."""
         self._closing = False
         await self._spawn()
+        self._spawn_task(self._watch())
 
     async def _spawn(self) -> None:
         self._ready.clear()
@@ -107,7 +130,14 @@ class EngineClient:
     def status(self) -> str:
         if self.fatal:
             return "down"
-        return "ready" if self.is_ready else "starting"
+        if self.is_ready:
+            return "ready"
+        exited = self.process is not None and self.process.returncode is not None
+        return "restarting" if self.failed_starts or exited else "starting"
+
+    @property
+    def busy(self) -> bool:
+        return self._on_gpu is not None
 
     async def close(self) -> None:
         self._closing = True
@@ -131,34 +161,50 @@ class EngineClient:
 
     # -- jobs ---------------------------------------------------------------------------------
 
-    async def run(self, job: Job, on_progress: ProgressHandler | None = None) -> Result | Failure:
-        """Run one job; waits for the engine to be ready. Raises EngineDead if it dies meanwhile."""
-        async with self._lock:
-            await self._engine_idle.wait()
-            await self.wait_ready()
+    async def wait_gpu_free(self) -> None:
+        """Until a job sent now would start at once: the engine is ready and its GPU has no job."""
+        while True:
+            await self._ready.wait()
+            if self.ready_info is None:
+                raise EngineUnavailable(self.fatal or "The engine is not running.")
+            if self._on_gpu is None:
+                return
+            await self._gpu_free.wait()
+
+    async def submit(
+        self, job: Job, on_progress: ProgressHandler | None = None, *, estimate_s: float = 0.0
+    ) -> asyncio.Future[Outcome]:
+        """Send `job` once the GPU is free; returns a future of its answer (EngineDead if the engine dies)."""
+        async with self._send_lock:
+            await self.wait_gpu_free()
+            future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
             if job.job_id in self._cancelled:  # cancelled while the engine loaded, restarted or was busy
                 self._cancelled.discard(job.job_id)
-                return Failure(job.job_id, FailureKind.CANCELLED, "Cancelled before it reached the GPU.")
-            future = asyncio.get_running_loop().create_future()
-            self._current = (job.job_id, future, on_progress)
-            self._engine_idle.clear()
+                future.set_result(Failure(job.job_id, FailureKind.CANCELLED, "Cancelled before it reached the GPU."))
+                return future
+            now = time.perf_counter()
+            limit = self.watchdog.job_limit(estimate_s)
+            self._inflight[job.job_id] = _InFlight(job.job_id, future, on_progress, now, now, limit)
+            self._on_gpu = job.job_id
+            self._gpu_free.clear()
             try:
                 await _send(self.process, job)
             except (ConnectionResetError, BrokenPipeError) as exc:
-                self._current = None
-                self._engine_idle.set()
+                self._inflight.pop(job.job_id, None)
+                self._free_gpu(job.job_id)
                 raise EngineDead("the engine closed its input") from exc
-            try:
-                outcome = await future
-                self._cancelled.discard(job.job_id)
-                return outcome
-            except asyncio.CancelledError:
-                # The caller gave up (shutdown): free the engine for the next job.
-                with contextlib.suppress(ConnectionError, RuntimeError):
-                    _stdin(self.process).write(protocol.encode(Cancel(job.job_id)))
-                raise
-            finally:
-                self._current = None
+            return future
+
+    async def run(self, job: Job, on_progress: ProgressHandler | None = None) -> Outcome:
+        """Send one job and wait for its answer. Raises EngineDead if the engine dies meanwhile."""
+        future = await self.submit(job, on_progress)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            # The caller gave up (shutdown): stop the job so the engine is free for the next one.
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                _stdin(self.process).write(protocol.encode(Cancel(job.job_id)))
+            raise
 
     async def cancel(self, job_id: str) -> None:
         """Stop `job_id` at its next step; if it has not reached the engine yet, it never will.
@@ -166,9 +212,44 @@ class EngineClient:
         The id is remembered until the job's final answer, so a retry after a crash honours it too.
         """
         self._cancelled.add(job_id)
-        if self._current and self._current[0] == job_id and self.process and self.process.returncode is None:
+        if job_id in self._inflight and self.process and self.process.returncode is None:
             with contextlib.suppress(ConnectionError):
                 await _send(self.process, Cancel(job_id))
+
+    async def abandon(self, job_id: str) -> None:
+        """Stop following `job_id` (the bot is stopping): the engine drops it at its next step."""
+        flight = self._inflight.pop(job_id, None)
+        if flight is not None and not flight.future.done():
+            flight.future.cancel()
+        if self.process and self.process.returncode is None:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await _send(self.process, Cancel(job_id))
+
+    def _free_gpu(self, job_id: str) -> None:
+        if self._on_gpu == job_id:
+            self._on_gpu = None
+            self._gpu_free.set()
+
+    # -- the watchdog -------------------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        interval = max(0.05, min(1.0, self.watchdog.silence_s / 4))
+        while not self._closing:
+            await asyncio.sleep(interval)
+            now, process = time.perf_counter(), self.process
+            if process is None or process.returncode is not None or self._kill_reason:
+                continue
+            reason = None
+            gpu_job = self._inflight.get(self._on_gpu or "")
+            if gpu_job is not None and now - gpu_job.heard > self.watchdog.silence_s:
+                reason = f"no word from the engine for {now - gpu_job.heard:.0f} s during job {gpu_job.job_id}"
+            for flight in self._inflight.values():
+                if now - flight.sent > flight.limit_s:
+                    reason = f"job {flight.job_id} ran {now - flight.sent:.0f} s, over its {flight.limit_s:.0f} s limit"
+            if reason:
+                log.error("the engine looks hung (%s); killing it (pid %s)", reason, process.pid)
+                self._kill_reason = reason
+                process.kill()
 
     # -- the two pipes ------------------------------------------------------------------------
 
@@ -194,56 +275,57 @@ class EngineClient:
                 self.fatal = message.message
             log.error("engine cannot start: %s", message.message)
             return
-        if isinstance(message, GpuDone | Heartbeat):
-            return
-        if not isinstance(message, Progress | Result | Failure):
+        if not isinstance(message, Progress | GpuDone | Heartbeat | Result | Failure):
             log.warning("unexpected %s message from the engine", type(message).__name__)
             return
-        if isinstance(message, Result | Failure):
-            self._engine_idle.set()
-        current = self._current
-        if current is None or current[0] != message.job_id:
-            log.warning("engine message for job %s, which is not running", message.job_id)
+        flight = self._inflight.get(message.job_id)
+        if isinstance(message, GpuDone | Result | Failure):
+            self._free_gpu(message.job_id)
+        if flight is None:
+            log.warning("engine message for job %s, which is not in flight", message.job_id)
             return
-        if isinstance(message, Progress):
-            if current[2] is not None:
-                try:
-                    outcome = current[2](message)
-                    if asyncio.iscoroutine(outcome):
-                        await outcome
-                except Exception:
-                    log.exception("progress handler failed for job %s", message.job_id)
-        elif isinstance(message, Result | Failure) and not current[1].done():
-            current[1].set_result(message)
+        flight.heard = time.perf_counter()
+        if isinstance(message, Progress) and flight.on_progress is not None:
+            try:
+                outcome = flight.on_progress(message)
+                if asyncio.iscoroutine(outcome):
+                    await outcome
+            except Exception:
+                log.exception("progress handler failed for job %s", message.job_id)
+        elif isinstance(message, Result | Failure):
+            del self._inflight[message.job_id]
+            self._cancelled.discard(message.job_id)
+            if not flight.future.done():
+                flight.future.set_result(message)
 
     def _on_exit(self, process: asyncio.subprocess.Process) -> None:
-        log.log(logging.INFO if self._closing else logging.ERROR, "engine exited with code %s", process.returncode)
+        hung, self._kill_reason = self._kill_reason, None
+        level = logging.INFO if self._closing else logging.ERROR
+        log.log(level, "engine exited with code %s%s", process.returncode, f" (killed: {hung})" if hung else "")
         if self.ready_info is None:
             self.failed_starts += 1
         self.ready_info = None
         self._ready.clear()
-        self._engine_idle.set()
-        if self._current and not self._current[1].done():
-            self._current[1].set_exception(EngineDead(f"the engine exited with code {process.returncode}"))
-        if not self._closing:
-            self._restart_or_give_up()
-
-    def _restart_or_give_up(self) -> None:
-        if not self.fatal and self.failed_starts >= self.max_failed_starts:
-            self.fatal = (
-                f"The image engine failed to start {self.failed_starts} times in a row; the bot's operator "
-                "needs to look at its log."
-            )
-            log.error("giving up on the engine: %s", self.fatal)
+        reason = (
+            f"the engine stopped responding ({hung})" if hung else f"the engine exited with code {process.returncode}"
+        )
+        for flight in self._inflight.values():
+            if not flight.future.done():
+                flight.future.set_exception(EngineDead(reason, hung=bool(hung)))
+        self._inflight.clear()
+        self._on_gpu = None
+        self._gpu_free.set()
         if self.fatal:
-            self._ready.set()  # wake waiters: wait_ready raises EngineUnavailable with the reason
-            return
-        self._spawn_task(self._restart())
+            self._ready.set()  # wake waiters: they raise EngineUnavailable with the reason
+        elif not self._closing:
+            self._spawn_task(self._restart())
 
     async def _restart(self) -> None:
-        # The first restart after a crash waits least; each start that fails in a row waits longer.
+        # The first restart after a crash waits least; each start that fails in a row waits longer, up to the cap.
         delay = self.restart_backoff[min(self.failed_starts, len(self.restart_backoff) - 1)]
-        log.warning("restarting the engine in %.1f s (%d failed start(s) in a row)", delay, self.failed_starts)
+        level = logging.CRITICAL if self.failed_starts >= self.max_failed_starts else logging.WARNING
+        log.log(level, "restarting the engine in %.1f s (%d failed start(s) in a row)%s", delay, self.failed_starts,
+                "; the operator needs to look at the engine's log above" if level == logging.CRITICAL else "")  # fmt: skip
         await asyncio.sleep(delay)
         if self._closing:
             return
@@ -252,7 +334,7 @@ class EngineClient:
         except OSError:  # no interpreter, too many open files: a start that failed too
             log.exception("could not start the engine process")
             self.failed_starts += 1
-            self._restart_or_give_up()
+            self._spawn_task(self._restart())
 
     async def _relay_log(self, process: asyncio.subprocess.Process) -> None:
         """Engine stderr into our log: its own log lines at INFO, library chatter at DEBUG."""

@@ -49,9 +49,9 @@ async def forget_user(jobs: JobService, user_id: int, guild_id: int | None = Non
             await jobs.cancel(queued.job_id, user_id, may_cancel_others=True)
             cancelled += 1
     running = 0
-    if jobs.running is not None:
-        record = await store.get_job(jobs.running.job_id)
-        running = int(record is not None and record.user_id == user_id and guild_id in (None, record.guild_id))
+    for job_id in list(jobs.running):
+        record = await store.get_job(job_id)
+        running += int(record is not None and record.user_id == user_id and guild_id in (None, record.guild_id))
     deleted = await store.delete_jobs(await store.job_ids_of_user(user_id, guild_id))
     log.info("deleted %d job(s) of user %s (guild %s)", deleted, user_id, guild_id)
     return Forgotten(deleted, cancelled, running)

@@ -48,6 +48,14 @@ class JobQueue(abc.ABC):
         """Wait until a job is available and return the next one fairly."""
 
     @abc.abstractmethod
+    async def peek(self) -> QueuedJob:
+        """Wait until a job is available and return the one get() would, without taking it."""
+
+    @abc.abstractmethod
+    def take(self, job_id: str) -> QueuedJob | None:
+        """Take a peeked job for dispatch (its turn counted, as get() would); None if no longer queued."""
+
+    @abc.abstractmethod
     def cancel(self, job_id: str) -> QueuedJob | None:
         """Remove a queued job and return it, or None if it is not queued."""
 
@@ -115,6 +123,22 @@ class FairQueue(JobQueue):
         while not self._jobs:
             await self._not_empty.wait()
         job = self._rotation.pop_next()
+        self._forget(job)
+        return job
+
+    async def peek(self) -> QueuedJob:
+        while not self._jobs:
+            await self._not_empty.wait()
+        return self._rotation.peek_next()
+
+    def take(self, job_id: str) -> QueuedJob | None:
+        job = self._jobs.get(job_id)
+        if job is None:
+            return None
+        if self._rotation.peek_next() is job:
+            self._rotation.pop_next()
+        else:  # a job queued during the claim went ahead of it: it still runs now, out of its turn
+            self._rotation.remove(job)
         self._forget(job)
         return job
 

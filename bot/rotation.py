@@ -238,6 +238,14 @@ class Rotation:
         self._note_idle(guild, job.user_id, user)
         self._drop_if_empty(job.guild_id)
 
+    def peek_next(self) -> QueuedJob:
+        """The job pop_next would return, left in place."""
+        guild = self._turns.first().lane
+        assert isinstance(guild, GuildLane)
+        job = guild.order.first().job
+        assert job is not None
+        return job
+
     def pop_next(self) -> QueuedJob:
         turn = self._turns.first()
         guild = turn.lane

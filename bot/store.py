@@ -70,7 +70,7 @@ class JobRecord:
     spec: JobSpec
     extras: JobExtras = field(default_factory=JobExtras)
     state: JobState = JobState.QUEUED
-    attempts: int = 0
+    attempts: int = 0  # times the engine died running it (retried once); a bot restart does not count
     created_at: float = field(default_factory=time.time)
     started_at: float | None = None
     finished_at: float | None = None
@@ -140,6 +140,7 @@ class JobStore:
         self._db = await aiosqlite.connect(self.data_dir / "bot.sqlite3")
         self._db.row_factory = aiosqlite.Row
         await self._db.execute("PRAGMA journal_mode=WAL")
+        await self._db.execute("PRAGMA synchronous=NORMAL")  # WAL stays consistent; a commit needs no fsync
         await self._db.execute("PRAGMA foreign_keys=ON")
         await self._migrate()
         return self
@@ -192,6 +193,23 @@ class JobStore:
         columns = ", ".join(f"{name} = ?" for name in changes)
         await self.db.execute(f"UPDATE jobs SET {columns} WHERE id = ?", (*changes.values(), job_id))
         await self.db.commit()
+
+    async def discard_job(self, job_id: str) -> None:
+        """A job refused at admission after it was written: gone without a trace (no quota tombstone)."""
+        job = await self.get_job(job_id)
+        if job is not None and job.input_path:
+            Path(job.input_path).unlink(missing_ok=True)
+        await self.db.execute("DELETE FROM jobs WHERE id = ? AND state = 'queued'", (job_id,))
+        await self.db.commit()
+
+    async def claim(self, job_id: str, started_at: float) -> JobRecord | None:
+        """queued -> running, only while it is still queued (a cancel may have come first); committed.
+        Returns the running job, or None. One round trip: it is on the path between two GPU jobs."""
+        query = "UPDATE jobs SET state = 'running', started_at = ? WHERE id = ? AND state = 'queued' RETURNING *"
+        async with self.db.execute(query, (started_at, job_id)) as cursor:
+            row = await cursor.fetchone()
+        await self.db.commit()
+        return _job_from_row(row) if row else None
 
     async def jobs_in_state(self, *states: JobState) -> list[JobRecord]:
         marks = ", ".join("?" for _ in states)

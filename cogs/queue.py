@@ -34,9 +34,10 @@ class QueueCommands(commands.Cog):
         jobs = self.bot.jobs
         mine = jobs.queue.jobs_of(interaction.user.id)
         lines = []
-        running = jobs.running and await jobs.store.get_job(jobs.running.job_id)
-        if running and running.user_id == interaction.user.id:
-            lines.append(f"▶️ `{running.id}` running now — {escaped(running.spec.prompt[:60])}")
+        for job_id in list(jobs.running):
+            running = await jobs.store.get_job(job_id)
+            if running and running.user_id == interaction.user.id:
+                lines.append(f"▶️ `{running.id}` running now — {escaped(running.spec.prompt[:60])}")
         view = discord.ui.View(timeout=None)
         for queued in mine:
             record = await jobs.store.get_job(queued.job_id)

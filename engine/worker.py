@@ -15,6 +15,7 @@ import os
 import queue
 import sys
 import threading
+import time
 import traceback
 
 from engine import protocol
@@ -167,6 +168,7 @@ class Worker:
         try:
             while (job := self.jobs.get()) is not None:
                 self.current_job_id = job.job_id
+                gpu_start = time.time()  # wall clock: bench/pipeline_gap.py lines jobs up across processes
                 try:
                     outcome = self.handle(job)
                 except GpuBroken:
@@ -178,6 +180,7 @@ class Worker:
                 finally:
                     self.current_job_id = None
                 if isinstance(outcome, Rendered):
+                    outcome.timings.update(gpu_start_unix=gpu_start, gpu_end_unix=time.time())
                     self.writer.send(GpuDone(job.job_id))
                     self.finishing.put(outcome)
                 else:

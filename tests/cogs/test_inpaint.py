@@ -58,10 +58,6 @@ async def test_a_region_is_redrawn_and_the_result_can_be_edited_again(engine_cli
         assert again.state == "done" and again.spec.region == "left" and again.spec.seed != 4
 
 
-@pytest.mark.xfail(
-    strict=True, reason="the dispatcher does not send Job.mask_image yet: bot/jobs.py must save request.mask_image "
-    "(store.save_mask) and bot/dispatcher.py pass store.read_mask(job.id) as Job.mask_image"
-)  # fmt: skip
 async def test_an_all_white_mask_redraws_the_whole_image(engine_client, tmp_path):
     async with discord_world(engine_client, tmp_path) as world:
         result = await inpaint(world, mask=mask((128, 128), "white"), seed=4)  # same shape, resized to the image

@@ -65,9 +65,9 @@ async def test_restart_with_three_queued_jobs_delivers_all_three(engine_client, 
 async def test_engine_sigkill_mid_job_retries_it_and_the_next_job_is_fine(engine_client, tmp_path):
     async with discord_world(engine_client, tmp_path) as world:
         killed = []
-        original_run = engine_client.run
+        original_submit = engine_client.submit
 
-        async def run_and_kill_first_attempt(job, on_progress=None):
+        async def submit_and_kill_first_attempt(job, on_progress=None, **options):
             async def progress(event):
                 if not killed:
                     killed.append(event.step)
@@ -75,14 +75,14 @@ async def test_engine_sigkill_mid_job_retries_it_and_the_next_job_is_fine(engine
                 if on_progress:
                     await on_progress(event)
 
-            return await original_run(job, progress)
+            return await original_submit(job, progress, **options)
 
-        engine_client.run = run_and_kill_first_attempt
+        engine_client.submit = submit_and_kill_first_attempt
         try:
             _, job_id = await world.imagine(world.alice, prompt="a cat", seed=5, steps=3)
             job = await world.wait_job(job_id, timeout=180)
         finally:
-            del engine_client.run
-        assert killed and job.state == "done" and job.attempts == 2
+            del engine_client.submit
+        assert killed and job.state == "done" and job.attempts == 1  # one engine death, retried
         _, next_id = await world.imagine(world.bob, prompt="a dog", steps=2)
         assert (await world.wait_job(next_id)).state == "done"

@@ -2,6 +2,7 @@
 
 import asyncio
 import io
+import json
 import os
 import subprocess
 import sys
@@ -72,15 +73,49 @@ def _fail_on_progress(progress):
     raise AssertionError(f"job {progress.job_id} reached the engine")
 
 
-async def test_an_engine_that_keeps_failing_to_start_is_given_up_with_a_clear_message():
-    # An engine that dies before it is ready (here: an option it does not know) is not restarted forever.
-    bogus = [sys.executable, "-m", "engine", "serve", "--options", "{}", "--bogus"]
-    client = EngineClient(TINY, restart_backoff=(0.01,), max_failed_starts=2, command=bogus)
+FAILS_FIVE_TIMES = """
+import os, sys
+counter, options = sys.argv[1], sys.argv[2]
+starts = int(open(counter).read()) if os.path.exists(counter) else 0
+if starts < 5:
+    open(counter, "w").write(str(starts + 1))
+    sys.exit("engine failed to start (test)")
+os.execv(sys.executable, [sys.executable, "-m", "engine", "serve", "--options", options])
+"""
+
+
+async def test_engine_restarts_forever_and_jobs_resume_after_five_failed_starts(tmp_path, caplog):
+    script, counter = tmp_path / "flaky_engine.py", tmp_path / "starts"
+    script.write_text(FAILS_FIVE_TIMES)
+    options = json.dumps(TINY.to_dict())
+    client = EngineClient(TINY, restart_backoff=(0.01, 0.05), max_failed_starts=3,
+                          command=[sys.executable, str(script), str(counter), options])  # fmt: skip
     await client.start()
-    with pytest.raises(EngineUnavailable, match="failed to start 2 times in a row"):
-        await client.wait_ready(timeout=60)
-    assert client.status == "down" and client.process.returncode is not None
-    await client.close()
+    try:
+        waiting = asyncio.create_task(client.run(tiny_job("waited")))  # sent once an engine is up
+        await asyncio.wait_for(client.wait_ready(), timeout=180)
+        assert counter.read_text() == "5" and client.status == "ready" and client.failed_starts == 0
+        assert isinstance(await asyncio.wait_for(waiting, 60), Result)
+        assert "the operator needs to look at the engine's log" in caplog.text  # past 3 in a row: loud
+    finally:
+        await client.close()
+
+
+async def test_engine_env_holds_no_discord_token(monkeypatch):
+    monkeypatch.setenv("DISCORD_TOKEN", "the-bots-secret")
+    monkeypatch.setenv("HF_HOME", "/somewhere/hf")
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    client = EngineClient(TINY, command=sleeper, env={"ZIMAGE_EXTRA": "1"})
+    await client.start()
+    try:
+        environ = dict(
+            item.split("=", 1) for item in open(f"/proc/{client.process.pid}/environ").read().split("\0") if item
+        )
+        assert "DISCORD_TOKEN" not in environ and "the-bots-secret" not in str(environ)
+        assert environ["HF_HOME"] == "/somewhere/hf" and environ["ZIMAGE_EXTRA"] == "1" and "PATH" in environ
+    finally:
+        client.kill()
+        await client.close()
 
 
 async def test_missing_weights_is_fatal_with_a_clear_message(tmp_path):
@@ -124,6 +159,7 @@ def test_an_unrecoverable_gpu_error_ends_the_engine_without_an_answer(tiny_limit
     # card after an illegal memory access looks like; the worker code is the real one.
     import torch
 
+    from engine.protocol import read_message
     from engine.worker import EXIT_GPU_BROKEN, FrameWriter, Worker
 
     class DeadGpuPipeline:
@@ -141,7 +177,10 @@ def test_an_unrecoverable_gpu_error_ends_the_engine_without_an_answer(tiny_limit
     worker.jobs.put(tiny_job("breaks-the-gpu"))
     worker.jobs.put(tiny_job("never-started"))
     assert worker.serve_jobs() == EXIT_GPU_BROKEN
-    assert frames.getvalue() == b""  # no Failure sent: the bot must see a dead engine, not a failed job
+    stream, sent = io.BytesIO(frames.getvalue()), []
+    while (message := read_message(stream)) is not None:
+        sent.append(type(message).__name__)
+    assert set(sent) <= {"Heartbeat"}  # no Failure sent: the bot must see a dead engine, not a failed job
     assert worker.jobs.get_nowait().job_id == "never-started"
 
 
