@@ -89,10 +89,13 @@ class Delivery:
                 return
             last_edit = now
             shown = progress.preview_jpeg if preview_allowed(progress.preview_nsfw, channel_nsfw=channel_nsfw) else None
-            files = [discord.File(io.BytesIO(shown), "preview.jpg")] if shown else []
             bar = "█" * round(10 * progress.step / progress.total)
             content = f"Generating… step {progress.step}/{progress.total} `{bar:░<10}` (job `{job.id}`)"
-            await self.edit_status(job, content=content, attachments=files)
+            if shown:
+                preview = discord.File(io.BytesIO(shown), "preview.jpg")
+                await self.edit_status(job, content=content, attachments=[preview])
+            else:  # the last preview stays until the next one replaces it: `attachments=[]` would remove it
+                await self.edit_status(job, content=content)
 
         return on_progress
 

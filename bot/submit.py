@@ -16,12 +16,14 @@ import discord
 from bot.attachments import InputImage, prepare_image
 from bot.errors import Refused
 from bot.offload import off_loop
+from bot.queue import format_eta
 from bot.status_view import status_view
 from bot.store import JobExtras, StorageError
 from engine.jobspec import BadInput, JobKind, JobSpec, resolve
 
 if TYPE_CHECKING:
     from bot.bot import ZImageBot
+    from bot.jobs import Submitted
 
 
 NO_EXTRAS = JobExtras()
@@ -87,8 +89,18 @@ async def enqueue(
     except StorageError as exc:  # disk full: this request fails, the bot and everything else carry on
         await refuse(interaction, f"I can't take jobs right now: {exc}")
         return
-    text = f"{label} — position {submitted.position}, ETA {submitted.eta} (job `{submitted.job.id}`)"
+    text = f"{label} — position {submitted.position}, ETA {eta_of(bot, submitted)} (job `{submitted.job.id}`)"
     await post_queued(interaction, text + "".join(f"\n{note}" for note in notes), submitted.job.id)
+
+
+def eta_of(bot: ZImageBot, submitted: Submitted) -> str:
+    """The ETA to show. A job an idle engine took before this reply has left the queue, so the
+    queue gives no ETA: then only its own run remains."""
+    if submitted.eta != format_eta(None):
+        return submitted.eta
+    from bot.jobs import job_cost  # bot.jobs imports (through delivery and views) this module
+
+    return format_eta(bot.jobs.estimator.estimate(submitted.job.kind, job_cost(submitted.job.spec)))
 
 
 async def prepared_input(bot: ZImageBot, spec: JobSpec, checked: InputImage) -> bytes:

@@ -4,8 +4,6 @@ stay on the status message until the next one replaces them; the first job says 
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
 from PIL import Image
@@ -13,7 +11,7 @@ from PIL import Image
 from bot import attachments
 from bot.store import JobExtras, JobRecord
 from engine.jobspec import JobKind, JobSpec, ModelName
-from engine.protocol import Progress, Result
+from engine.protocol import Result
 from tests.helpers import LoopLagProbe, discord_world, drawing, encoded
 
 MAX_STALL_MS = 50
@@ -24,7 +22,8 @@ def photo_like(side: int, seed: int) -> bytes:
     rng = np.random.default_rng(seed)
     base = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).resize((side, side), Image.BICUBIC)
     grain = rng.integers(-12, 13, (side, side, 1), dtype=np.int16)
-    return encoded(Image.fromarray(np.clip(np.asarray(base, np.int16) + grain, 0, 255).astype(np.uint8)), compress_level=1)
+    picture = Image.fromarray(np.clip(np.asarray(base, np.int16) + grain, 0, 255).astype(np.uint8))
+    return encoded(picture, compress_level=1)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +42,9 @@ async def test_delivering_a_4096_upscale_and_a_grid_never_stalls_the_loop_50_ms(
         kind=JobKind.UPSCALE, model=ModelName.TURBO, scale=4, input_width=1024, input_height=1024,
         width=4096, height=4096, steps=8, cfg=1.0, seed=1,
     )  # fmt: skip
-    grid = JobSpec(prompt="four cats", model=ModelName.TURBO, width=1024, height=1024, steps=8, cfg=1.0, seed=7, count=4)
+    grid = JobSpec(
+        prompt="four cats", model=ModelName.TURBO, width=1024, height=1024, steps=8, cfg=1.0, seed=7, count=4
+    )
     async with discord_world(engine_client, tmp_path) as world:
         jobs = [await add_job(world, "ab12cd34e1", upscale), await add_job(world, "ab12cd34e2", grid)]
         results = [
@@ -67,3 +68,51 @@ async def test_delivering_a_4096_upscale_and_a_grid_never_stalls_the_loop_50_ms(
         # also holds other processes' time slices (an idle loop here sees ~100 ms spikes), so its p99 only.
         assert probe.max_busy_ms < MAX_STALL_MS, f"the event loop was busy {probe.max_busy_ms:.0f} ms at a stretch"
         assert probe.p99_ms < MAX_STALL_MS
+
+
+async def test_a_40_mp_attachment_refused_for_its_size_is_never_decoded(engine_client, tmp_path):
+    photo = encoded(Image.new("RGB", (8000, 5000), "white"))  # a real 40 MP PNG, ~100 kB
+    async with discord_world(engine_client, tmp_path) as world:
+        before = attachments.decodes
+        result = await world.alice.slash(world.channel, "upscale", image=("huge.png", photo))
+        assert result.ephemeral and "x4 would make 32000x20000" in result.response.content
+        assert attachments.decodes == before  # the header said enough
+        assert len(world.bot.jobs.queue) == 0
+
+
+async def test_a_large_control_image_is_decoded_once_and_stored_at_the_size_the_job_uses(engine_client, tmp_path):
+    photo = encoded(drawing((3000, 2000)), "JPEG", quality=90)
+    async with discord_world(engine_client, tmp_path) as world:
+        before = attachments.decodes
+        result = await world.alice.slash(
+            world.channel, "control", image=("photo.jpg", photo), prompt="a cat", aspect="1:1", steps=1
+        )
+        assert world.job_id(result), result.response
+        job = await world.wait_job(world.job_id(result))
+        assert job.state == "done", job.error
+        assert attachments.decodes == before + 1
+        stored = Image.open(job.input_path)
+        assert (job.spec.width, job.spec.height) == (64, 64)
+        assert stored.size == (96, 64)  # just covers 64x64, the photo's shape kept
+
+
+async def test_every_progress_edit_after_the_first_preview_still_shows_one(engine_client, tmp_path):
+    # A preview every 2nd step: the steps in between must not take the last preview away.
+    async with discord_world(engine_client, tmp_path, imagine={"preview_every": 2}) as world:
+        _, job_id = await world.imagine(world.alice, prompt="a red cat", seed=1, steps=6)
+        job = await world.wait_job(job_id)
+        assert job.state == "done"
+        status = f"/channels/{world.channel.id}/messages/{job.status_message_id}"
+        edits = [r.json or {} for r in world.env.http_requests if r.method == "PATCH" and r.path == status]
+        steps = [edit for edit in edits if "Generating… step" in edit.get("content", "")]
+        first = next(i for i, edit in enumerate(steps) if edit.get("attachments"))
+        later = steps[first + 1 :]
+        assert later and all(edit.get("attachments") != [] for edit in later), steps
+        assert any("attachments" not in edit for edit in later)  # steps without a preview leave it as it is
+
+
+async def test_the_first_job_after_a_start_says_an_eta(engine_client, tmp_path):
+    async with discord_world(engine_client, tmp_path) as world:
+        await world.imagine(world.alice, prompt="a red cat", seed=1, steps=2)
+        queued = world.contents_sent()[0]
+        assert queued.startswith("Queued — position 1, ETA ~") and "ETA unknown" not in queued, queued
