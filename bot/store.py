@@ -206,10 +206,10 @@ class JobStore:
         """queued -> running, only while it is still queued (a cancel may have come first); committed.
         Returns the running job, or None. One round trip: it is on the path between two GPU jobs."""
         query = "UPDATE jobs SET state = 'running', started_at = ? WHERE id = ? AND state = 'queued' RETURNING *"
-        async with self.db.execute(query, (started_at, job_id)) as cursor:
-            row = await cursor.fetchone()
+        # Stepped to its end in one call: a RETURNING statement left open would block other commits.
+        rows = list(await self.db.execute_fetchall(query, (started_at, job_id)))
         await self.db.commit()
-        return _job_from_row(row) if row else None
+        return _job_from_row(rows[0]) if rows else None
 
     async def jobs_in_state(self, *states: JobState) -> list[JobRecord]:
         marks = ", ".join("?" for _ in states)
