@@ -29,11 +29,10 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("ZIMAGE_BOT_CACHE", tempfile.mkdtemp(prefix="zimage-bot-bench-cache-"))
 REAL_MONOTONIC = time.monotonic  # taken before simcord installs its virtual clock
 
-from tests.helpers import discord_world  # noqa: E402
-
 import bot.jobs  # noqa: E402
 from bot.engine_client import EngineClient  # noqa: E402
 from engine.jobspec import EngineOptions  # noqa: E402
+from tests.helpers import discord_world  # noqa: E402
 
 WARMUP = 2
 

@@ -87,7 +87,9 @@ async def measure(jobs: int, latency_s: float, steps: int) -> dict:
                     finished = [await world.wait_job(job_id, timeout=300) for job_id in ids]
                 not_done = [job for job in finished if job.state != "done"]
                 if not_done:
-                    raise RuntimeError(f"{len(not_done)} job(s) did not finish: {not_done[0].state} {not_done[0].error}")
+                    raise RuntimeError(
+                        f"{len(not_done)} job(s) did not finish: {not_done[0].state} {not_done[0].error}"
+                    )
     finally:
         FakeHTTPClient.request = original
         await engine.close()
