@@ -258,3 +258,25 @@ class LoopLagProbe:
     def p99_ms(self) -> float:
         ordered = sorted(self.lags)
         return 1000 * ordered[int(0.99 * (len(ordered) - 1))] if ordered else 0.0
+
+
+@contextlib.contextmanager
+def upload_latency(seconds: float):
+    """Every message post with files waits `seconds` of real time first, as a slow upload to Discord
+    would: in a thread, so the bot's event loop stays free as it is during a real upload."""
+    import time
+
+    from simcord.http.client import FakeHTTPClient
+
+    original = FakeHTTPClient.request
+
+    async def request(self, route, *, files=None, form=None, **kwargs):
+        if seconds and files and route.method == "POST" and route.path.endswith("/messages"):
+            await asyncio.to_thread(time.sleep, seconds)
+        return await original(self, route, files=files, form=form, **kwargs)
+
+    FakeHTTPClient.request = request
+    try:
+        yield
+    finally:
+        FakeHTTPClient.request = original
