@@ -29,27 +29,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("ZIMAGE_BOT_CACHE", tempfile.mkdtemp(prefix="zimage-bot-bench-cache-"))
 
-from simcord.http.client import FakeHTTPClient  # noqa: E402
-
 from bot.engine_client import EngineClient  # noqa: E402
 from engine.jobspec import EngineOptions  # noqa: E402
-from tests.helpers import LoopLagProbe, discord_world  # noqa: E402
+from tests.helpers import LoopLagProbe, discord_world, upload_latency  # noqa: E402
 
 GOAL_GAP_P95_MS = 20.0
-
-
-def with_upload_latency(latency_s: float):
-    """Every message post carrying files waits `latency_s` of real time first, as a slow upload to
-    Discord would (in a thread: the bot's event loop stays free, as it is during a real upload)."""
-    original = FakeHTTPClient.request
-
-    async def request(self, route, *, files=None, form=None, **kwargs):
-        if latency_s and files and route.method == "POST" and route.path.endswith("/messages"):
-            await asyncio.to_thread(time.sleep, latency_s)
-        return await original(self, route, files=files, form=form, **kwargs)
-
-    FakeHTTPClient.request = request
-    return original
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -57,19 +41,23 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def measure(jobs: int, latency_s: float, steps: int) -> dict:
+async def measure(jobs: int, latency_s: float, steps: int, channel_count: int) -> dict:
     engine = EngineClient(EngineOptions(weights="tiny", device="cpu"))
-    original = with_upload_latency(latency_s)
     try:
         await engine.start()
         await engine.wait_ready(timeout=180)
-        with tempfile.TemporaryDirectory(prefix="zimage-bot-bench-") as tmpdir:
+        with tempfile.TemporaryDirectory(prefix="zimage-bot-bench-") as tmpdir, upload_latency(latency_s):
             async with discord_world(engine, Path(tmpdir), queue={"per_user": jobs, "total": jobs + 5}) as world:
+                channels = [world.channel] + [
+                    world.guild.create_text_channel(f"art-{n}") for n in range(1, channel_count)
+                ]
                 world.bot.jobs.pause()
                 ids = []
                 for i in range(jobs):
                     member = (world.alice, world.bob, world.mod)[i % 3]
-                    _, job_id = await world.imagine(member, prompt=f"a red cat {i}", steps=steps, seed=i)
+                    result = await member.slash(channels[i % channel_count], "imagine", prompt=f"a red cat {i}",
+                                                steps=steps, seed=i)  # fmt: skip
+                    job_id = world.job_id(result)
                     if job_id is None:
                         raise RuntimeError(f"/imagine #{i} did not queue a job: {world.contents_sent()[-1:]}")
                     ids.append(job_id)
@@ -84,14 +72,13 @@ async def measure(jobs: int, latency_s: float, steps: int) -> dict:
                 world.bot.jobs.delivery.deliver = deliver
                 async with LoopLagProbe() as probe:
                     world.bot.jobs.resume()
-                    finished = [await world.wait_job(job_id, timeout=300) for job_id in ids]
+                    finished = [await world.wait_job(job_id, timeout=300, settle_timeout=120) for job_id in ids]
                 not_done = [job for job in finished if job.state != "done"]
                 if not_done:
                     raise RuntimeError(
                         f"{len(not_done)} job(s) did not finish: {not_done[0].state} {not_done[0].error}"
                     )
     finally:
-        FakeHTTPClient.request = original
         await engine.close()
     runs = sorted(timings.values(), key=lambda t: t["gpu_start_unix"])
     gaps = [(b["gpu_start_unix"] - a["gpu_end_unix"]) * 1000 for a, b in zip(runs, runs[1:], strict=False)]
@@ -100,8 +87,10 @@ async def measure(jobs: int, latency_s: float, steps: int) -> dict:
         "idle_gap_ms": {"p50": statistics.median(gaps), "p95": percentile(gaps, 0.95), "max": max(gaps)},
         "jobs_per_min": round(60 * jobs / elapsed, 1),
         "loop_lag_max_ms": round(probe.max_ms, 1),
+        "loop_busy_max_ms": round(probe.max_busy_ms, 1),  # the loop's own work between wake-ups
         "latency_s": latency_s,
         "jobs": jobs,
+        "channels": channel_count,  # results in one channel post one after another, in finish order
         "steps": steps,
         "gpu_ms_per_job": statistics.median((t["gpu_end_unix"] - t["gpu_start_unix"]) * 1000 for t in runs),
         "machine": {"processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()},
@@ -113,11 +102,12 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=20)
     parser.add_argument("--latency", type=float, default=0.0, help="seconds each result upload takes")
     parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--channels", type=int, default=4, help="channels the jobs come from (round robin)")
     parser.add_argument("--json", type=Path, default=None, help="write the report here")
     args = parser.parse_args()
     if args.jobs < 2:
         parser.error("--jobs must be at least 2 (a gap needs two jobs)")
-    report = asyncio.run(measure(args.jobs, args.latency, args.steps))
+    report = asyncio.run(measure(args.jobs, args.latency, args.steps, args.channels))
     gap = report["idle_gap_ms"]
     print(f"{args.jobs} jobs, upload latency {args.latency} s, on {report['machine']['processor']} "
           f"({report['machine']['cpu_count']} CPUs)")  # fmt: skip

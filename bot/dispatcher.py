@@ -156,13 +156,20 @@ class Dispatcher:
         self.running.pop(job.id, None)
         # Waiters on a lock are woken in order, and nothing above awaited since the engine answered:
         # results in one channel go out in the order the engine finished them.
-        async with self._channel_lock(job.channel_id), self._delivery_slots:
+        in_order = self._channel_lock(job.channel_id)
+        await self.external_wait(in_order.acquire(), "earlier results in this channel")
+        try:
+            await self.external_wait(self._delivery_slots.acquire(), "a delivery slot")
             try:
                 await self._end(job, outcome)
             except Exception as exc:
                 log.exception("job %s: delivery failed", job.id)
                 with contextlib.suppress(Exception):
                     await self.delivery.fail(job.id, exc)
+            finally:
+                self._delivery_slots.release()
+        finally:
+            in_order.release()
 
     async def _retry(self, job: JobRecord, deaths: int, *, hung: bool) -> None:
         await self.store.update_job(job.id, state=JobState.QUEUED, attempts=deaths, started_at=None)

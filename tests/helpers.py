@@ -73,12 +73,15 @@ class World:
         await old.jobs.stop()
         await self.env.restart_bot(await self.new_bot())
 
-    async def wait_job(self, job_id: str, states=("done", "failed", "cancelled"), timeout: float = 90):
+    async def wait_job(
+        self, job_id: str, states=("done", "failed", "cancelled"), timeout: float = 90, settle_timeout=None
+    ):
+        """Until the job ends, then until the bot settles (within settle_timeout: other slow uploads may run)."""
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             job = await self.bot.store.get_job(job_id)
             if job is not None and job.state in states:
-                await self.env.settle()
+                await self.env.settle(timeout=settle_timeout)
                 return job
             if asyncio.get_running_loop().time() > deadline:
                 raise TimeoutError(f"job {job_id} still {job and job.state} after {timeout} s")

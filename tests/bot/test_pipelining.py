@@ -22,7 +22,7 @@ async def test_a_slow_upload_does_not_delay_the_next_jobs_start(engine_client, t
             ids = [(await world.imagine(m, prompt="a red cat", steps=s, seed=i))[1]
                    for i, (m, s) in enumerate(zip(members, (30, 3, 3), strict=True))]  # fmt: skip
             world.bot.jobs.resume()
-            finished = [await world.wait_job(job_id, timeout=180) for job_id in ids]
+            finished = [await world.wait_job(job_id, timeout=180, settle_timeout=60) for job_id in ids]
             assert [job.state for job in finished] == ["done"] * 3
     runs = sorted(seen.values(), key=lambda t: t["gpu_start_unix"])
     assert all(t["posted_at"] - t["delivered_at"] >= 2.0 for t in runs)  # every upload took its 2 s
