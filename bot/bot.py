@@ -15,6 +15,7 @@ from discord.ext import commands
 from bot.config import Config
 from bot.engine_client import EngineClient
 from bot.jobs import ExternalWait, JobService
+from bot.orphans import CHANNEL_DELETED, GUILD_LEFT, cancel_jobs_where
 from bot.policy import DMS_OFF, Policy
 from bot.privacy import Retention
 from bot.settings import GuildSettings
@@ -62,6 +63,8 @@ class ZImageBot(commands.Bot):
         self.engine = engine
         self.clock = time.time  # one clock for job records and quotas; tests move it
         self.jobs = JobService(self, store, engine, config, external_wait=external_wait, clock=lambda: self.clock())
+        self.jobs.delivery.external_wait = self.jobs.external_wait  # retry waits, declared as the dispatcher's
+        self._swept = False
         self.guild_settings = GuildSettings(store, config)
         self.user_settings = UserSettings(store)
         self.styles = StyleBook(store)
@@ -88,7 +91,22 @@ class ZImageBot(commands.Bot):
     async def close(self) -> None:
         await self.retention.stop()
         await self.jobs.stop()
+        await self.jobs.delivery.stop()
         await super().close()
+
+    async def on_ready(self) -> None:
+        if not self._swept:  # once per process: results a stop interrupted, status messages left behind
+            self._swept = True
+            await self.jobs.delivery.sweep()
+
+    async def on_guild_channel_delete(self, channel: discord.abc.GuildChannel) -> None:
+        await cancel_jobs_where(self, CHANNEL_DELETED, channel_id=channel.id)
+
+    async def on_raw_thread_delete(self, payload: discord.RawThreadDeleteEvent) -> None:
+        await cancel_jobs_where(self, CHANNEL_DELETED, channel_id=payload.thread_id)
+
+    async def on_guild_remove(self, guild: discord.Guild) -> None:
+        await cancel_jobs_where(self, GUILD_LEFT, guild_id=guild.id)
 
     async def sync_commands_if_changed(self) -> bool:
         """Sync only when the command set changed: Discord caps command creates per day."""

@@ -31,6 +31,10 @@ class DiscordConfig:
     dm_blocked_words: list[str] = field(default_factory=list)  # added to the built-in rule, as a guild's are
     dm_blocked_patterns: list[str] = field(default_factory=list)
     download_timeout_s: float = 20.0  # an attachment that takes longer to download is refused, nothing queued
+    # A result Discord will not take right now (5xx, 429, timeouts, dropped connections) is retried
+    # with doubling waits from delivery_backoff_s up to a minute, for this long; then the job fails.
+    delivery_retry_minutes: float = 30.0
+    delivery_backoff_s: float = 2.0
 
 
 @dataclass
@@ -128,7 +132,7 @@ CHOICES = {
 POSITIVE = {
     ("queue", "per_user"), ("queue", "total"), ("imagine", "progress_interval"),
     ("inputs", "max_bytes"), ("inputs", "max_megapixels"), ("upscale", "max_side"), ("upscale", "refine_denoise"),
-    ("storage", "keep_days"),
+    ("storage", "keep_days"), ("discord", "delivery_retry_minutes"), ("discord", "delivery_backoff_s"),
     ("discord", "download_timeout_s"),
 }  # fmt: skip
 UNIT_INTERVAL = {("imagine", "vary_subtle"), ("imagine", "vary_strong")}

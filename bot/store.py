@@ -78,6 +78,9 @@ class JobRecord:
     result_message_id: int | None = None
     input_path: str | None = None
     error: str | None = None
+    post_nonce: str | None = None  # set (with post_details) once its results are stored, before the upload
+    post_details: str | None = None
+    status_ended: int = 0  # 1: the status message shows the job's end (or is gone)
 
     @property
     def kind(self) -> JobKind:
@@ -218,8 +221,11 @@ class JobStore:
             return [_job_from_row(row) for row in await cursor.fetchall()]
 
     async def requeue_interrupted(self) -> list[JobRecord]:
-        """After a restart: jobs left running go back to queued. Returns every queued job, oldest first."""
-        await self.db.execute("UPDATE jobs SET state = 'queued', started_at = NULL WHERE state = 'running'")
+        """After a restart: jobs left running go back to queued, except those whose results are stored
+        and were being posted (the delivery sweep finishes those). Returns every queued job, oldest first."""
+        await self.db.execute(
+            "UPDATE jobs SET state = 'queued', started_at = NULL WHERE state = 'running' AND post_nonce IS NULL"
+        )
         await self.db.commit()
         return await self.jobs_in_state(JobState.QUEUED)
 
@@ -267,6 +273,7 @@ class JobStore:
             if job.input_path:
                 Path(job.input_path).unlink(missing_ok=True)
             self.mask_path(job.id).unlink(missing_ok=True)
+            self.control_path(job.id).unlink(missing_ok=True)
         for job in jobs:
             if job.state != JobState.CANCELLED and job.created_at >= self.clock() - TOMBSTONE_SECONDS:
                 await self.db.execute(
@@ -383,6 +390,25 @@ class JobStore:
             "INSERT OR REPLACE INTO results (job_id, idx, seed, path, parameters) VALUES (?, ?, ?, ?, ?)", rows
         )
         await self.db.commit()
+
+    def control_path(self, job_id: str) -> Path:
+        """The control map a /control result is posted with, kept until the result is out."""
+        return self.data_dir / "results" / f"{job_id}-control.png"
+
+    async def interrupted_postings(self) -> list[JobRecord]:
+        """Jobs whose results were stored and being posted when the bot stopped."""
+        query = "SELECT * FROM jobs WHERE state = 'running' AND post_nonce IS NOT NULL ORDER BY finished_at, rowid"
+        async with self.db.execute(query) as cursor:
+            return [_job_from_row(row) for row in await cursor.fetchall()]
+
+    async def open_statuses(self) -> list[JobRecord]:
+        """Ended jobs whose status message does not show their end yet."""
+        query = (
+            "SELECT * FROM jobs WHERE state IN ('done', 'failed', 'cancelled') AND status_message_id IS NOT NULL"
+            " AND status_ended = 0 ORDER BY created_at, rowid"
+        )
+        async with self.db.execute(query) as cursor:
+            return [_job_from_row(row) for row in await cursor.fetchall()]
 
     async def results_for(self, job_id: str) -> list[ResultImage]:
         async with self.db.execute("SELECT * FROM results WHERE job_id = ? ORDER BY idx", (job_id,)) as cursor:

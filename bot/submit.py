@@ -7,6 +7,8 @@ edits later (with the bot token: interaction tokens die after 15 minutes).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, cast
@@ -16,6 +18,7 @@ import discord
 from bot.attachments import InputImage, prepare_image
 from bot.errors import Refused
 from bot.offload import off_loop
+from bot.orphans import NO_STATUS, cancel_job
 from bot.queue import format_eta
 from bot.status_view import status_view
 from bot.store import JobExtras, StorageError
@@ -25,6 +28,8 @@ if TYPE_CHECKING:
     from bot.bot import ZImageBot
     from bot.jobs import Submitted
 
+
+log = logging.getLogger("bot.submit")
 
 NO_EXTRAS = JobExtras()
 
@@ -136,14 +141,40 @@ async def enqueue_upscale(
 
 
 async def post_queued(interaction: discord.Interaction, text: str, job_id: str) -> None:
-    """The public status message of a queued job (progress edits go to it, with the bot token)."""
-    if interaction.response.is_done():
-        # Deferred privately while a large attachment downloaded: the status goes to the channel.
-        channel = interaction.channel
-        assert isinstance(channel, discord.abc.Messageable)
-        message = await channel.send(f"<@{interaction.user.id}> {text}", view=status_view(job_id))
-        await interaction.followup.send(f"Queued: {message.jump_url}", ephemeral=True)
-    else:
-        await interaction.response.send_message(text, view=status_view(job_id))
-        message = await interaction.original_response()
-    await bot_of(interaction).jobs.set_status_message(job_id, message.id)
+    """The public status message of a queued job (progress edits go to it, with the bot token).
+    A reply that fails goes to the channel instead; when that fails too the job is cancelled, so no
+    job runs that nobody can follow or cancel."""
+    bot = bot_of(interaction)
+    message_id = None
+    if not interaction.response.is_done():
+        try:
+            sent = await interaction.response.send_message(text, view=status_view(job_id))
+            message_id = sent.message_id or (await interaction.original_response()).id
+        except (discord.HTTPException, OSError) as exc:
+            log.warning("job %s: the interaction reply failed (%s); posting its status in the channel", job_id, exc)
+            text = f"<@{interaction.user.id}> {text}"
+    else:  # deferred privately while a large attachment downloaded: the status goes to the channel
+        text = f"<@{interaction.user.id}> {text}"
+    if message_id is None:
+        message = await _status_in_channel(bot, interaction, text, job_id)
+        if message is None:
+            job = await bot.store.get_job(job_id)
+            if job is not None:
+                await cancel_job(bot, job, NO_STATUS)
+            return
+        message_id = message.id
+        if interaction.response.is_done():
+            with contextlib.suppress(discord.HTTPException, OSError):
+                await interaction.followup.send(f"Queued: {message.jump_url}", ephemeral=True)
+    await bot.jobs.set_status_message(job_id, message_id)
+
+
+async def _status_in_channel(
+    bot: ZImageBot, interaction: discord.Interaction, text: str, job_id: str
+) -> discord.Message | None:
+    channel = bot.get_partial_messageable(interaction.channel_id or 0, guild_id=interaction.guild_id)
+    try:
+        return await channel.send(text, view=status_view(job_id))
+    except (discord.HTTPException, OSError) as exc:
+        log.warning("job %s: its status could not be posted in the channel either (%s); cancelling it", job_id, exc)
+        return None

@@ -3,9 +3,11 @@ jobs written by the release before the typed spec."""
 
 import json
 import sqlite3
+from pathlib import Path
 
 import pytest
 
+import bot
 from bot.migrations import legacy_params_to_spec
 from bot.store import JobExtras, JobRecord, JobState, JobStore
 from engine.jobspec import JobKind, JobSpec, Limits, ModelName, resolve
@@ -67,10 +69,9 @@ LEGACY_ROWS = [
 
 
 async def test_jobs_of_the_previous_release_are_migrated(tmp_path):
-    async with JobStore(tmp_path):
-        pass
     db = sqlite3.connect(tmp_path / "bot.sqlite3")
-    db.execute("PRAGMA user_version = 1")  # as the previous release left it: the SQL schema only
+    db.executescript((Path(bot.__file__).parent / "migrations_sql" / "0001_initial.sql").read_text())
+    db.execute("PRAGMA user_version = 1")  # as the previous release left it: the first SQL schema only
     for job_id, kind, params in LEGACY_ROWS:
         db.execute(
             "INSERT INTO jobs (id, guild_id, channel_id, user_id, kind, params, state, created_at)"
