@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -130,6 +131,16 @@ def cmd_serve(args) -> int:
     from engine.worker import serve
 
     return serve(EngineOptions.from_dict(json.loads(args.options)))
+
+
+def cmd_worker(args) -> int:
+    from engine.remote_worker import run_worker
+
+    options = _engine_options(args)
+    return run_worker(
+        args.redis, options, name=args.name, prefix=args.prefix, heartbeat_s=args.heartbeat_s, lease_s=args.lease_s,
+        blob_dir=args.blob_dir,
+    )  # fmt: skip
 
 
 def cmd_upscale(args) -> int:
@@ -350,6 +361,20 @@ def main(argv: list[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="run jobs from stdin (the bot starts this)")
     serve.add_argument("--options", required=True, help="the EngineOptions as JSON (the bot writes them)")
     serve.set_defaults(handler=cmd_serve)
+
+    worker = commands.add_parser("worker", help="run jobs from Redis Streams (a GPU host of a bot with many GPUs)")
+    _add_engine_arguments(worker)
+    worker.add_argument(
+        "--redis", default=os.environ.get("ZIMAGE_REDIS_URL"), required="ZIMAGE_REDIS_URL" not in os.environ,
+        help="redis://[user:password@]host:6379/0, or rediss:// for TLS (default: $ZIMAGE_REDIS_URL, which keeps "
+        "a password out of the process list)",
+    )  # fmt: skip
+    worker.add_argument("--name", default="", help="this worker's name in Redis (default: <hostname>-<device>)")
+    worker.add_argument("--prefix", default="zi", help="key prefix shared with the bot's [queue] redis_prefix")
+    worker.add_argument("--heartbeat-s", type=float, default=2.0, help="seconds between heartbeats (TTL: 3 of them)")
+    worker.add_argument("--lease-s", type=float, default=60.0, help="the bot's lease; the claim is refreshed at 1/3")
+    worker.add_argument("--blob-dir", default="", help="a directory shared with the bot ([queue] blob_dir)")
+    worker.set_defaults(handler=cmd_worker)
 
     fetch = commands.add_parser("download", help="fetch all real weights into the HF cache")
     fetch.add_argument("--if-missing", action="store_true", help="do nothing when every file is already cached")

@@ -210,6 +210,61 @@ BAD_INPUTS = [
 ]
 
 
+# -- GPU workers over Redis (engine/remote_worker.py) -------------------------------------------
+
+
+class WorkerProcess:
+    """`python -m engine worker --models tiny --device cpu` as a real subprocess in its own session, so a
+    SIGKILL takes its engine process down with it (a host that dies)."""
+
+    def __init__(self, redis_url: str, name: str, prefix: str, *, lease_s: float, heartbeat_s: float = 0.5, threads=1):
+        import sys
+        import tempfile
+
+        self.name = name
+        self.command = [
+            sys.executable, "-m", "engine", "worker", "--redis", redis_url, "--models", "tiny", "--device", "cpu",
+            "--lora-dir", LORA_DIR, "--name", name, "--prefix", prefix,
+            "--heartbeat-s", str(heartbeat_s), "--lease-s", str(lease_s),
+        ]  # fmt: skip
+        self.env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        self.log_path = Path(tempfile.mkdtemp(prefix="zimage-worker-")) / f"{name}.log"
+        self.process = None
+
+    def start(self) -> WorkerProcess:
+        import subprocess
+
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                self.command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=self.env, start_new_session=True
+            )
+        return self
+
+    def kill(self) -> None:
+        import signal
+
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self) -> None:
+        import signal
+        import subprocess
+
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)  # an engine process left behind
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
 # -- event-loop responsiveness ------------------------------------------------------------------
 
 

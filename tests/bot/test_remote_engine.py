@@ -1,0 +1,235 @@
+"""GPU workers over Redis Streams, for real: a redis-server, two `python -m engine worker --models tiny`
+subprocesses, the bot side's RemoteEngine, and the real bot in simcord. The workers start once per module
+(~10 s each) and are shared; the tests that kill them run last and bring them back."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import uuid
+from dataclasses import dataclass
+
+import pytest
+
+from bot.remote_engine import RemoteEngine
+from engine import streams
+from engine.protocol import Failure, FailureKind, Result
+from tests.helpers import WorkerProcess, discord_world, tiny_job
+from tests.redis_fixture import RedisServer, redis_server_or_skip
+
+LEASE_S = 2.0  # short, so reclaiming is quick; production default 60 s
+BIG = {"imagine": {"target_pixels": 128 * 128}}  # slow enough jobs to kill a worker under
+
+
+@dataclass
+class Pool:
+    engine: RemoteEngine
+    workers: list[WorkerProcess]
+    server: RedisServer
+
+    def holder(self, job_id: str) -> WorkerProcess:
+        return next(w for w in self.workers if (info := self.engine.workers.get(w.name)) and info.busy == job_id)
+
+    async def restored(self) -> None:
+        for worker in self.workers:
+            if worker.process is None or worker.process.poll() is not None:
+                worker.start()
+        await wait_for(lambda: len(self.engine.workers) == len(self.workers), 120, "every worker registered")
+
+
+@pytest.fixture(scope="module")
+def module_redis():
+    """A redis-server of this module's own: the outage test stops it without disturbing other modules."""
+    server = redis_server_or_skip()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+async def pool(module_redis):
+    prefix = f"m{uuid.uuid4().hex[:8]}"
+    workers = [WorkerProcess(module_redis.url, f"w{i}", prefix, lease_s=LEASE_S).start() for i in (1, 2)]
+    engine = RemoteEngine(module_redis.url, prefix=prefix, lease_s=LEASE_S, poll_s=0.2, reconnect_backoff=(0.2,))
+    await engine.start()  # here, not in the bot's setup_hook: its tasks keep real time under simcord
+    try:
+        await wait_for(lambda: len(engine.workers) == 2, 180, "both workers registered")
+    except TimeoutError:
+        print("\n\n".join(w.log_tail() for w in workers), file=sys.stderr)
+        raise
+    yield Pool(engine, workers, module_redis)
+    await engine.close()
+    for worker in workers:
+        worker.stop()
+
+
+async def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"{what}: not within {timeout} s")
+        await asyncio.sleep(0.05)
+
+
+def slow_job(job_id: str, steps: int = 40):
+    return tiny_job(job_id, width=128, height=128, steps=steps, preview_every=1)
+
+
+def results_posted(world) -> list[str]:
+    return [m.content for m in world.bot_messages() if m.attachments]
+
+
+async def test_the_pool_is_ready_and_dispatch_is_just_in_time(pool):
+    engine = pool.engine
+    ready = await engine.wait_ready(timeout=5)
+    assert engine.status == "ready" and engine.fatal is None and engine.is_ready
+    assert sorted(engine.workers) == ["w1", "w2"]
+    assert ready.weights == "tiny" and ready.limits.min_side == 64 and ready.device == "2 GPU worker(s) (cpu)"
+    futures = []
+    for i in range(2):
+        await asyncio.wait_for(engine.wait_gpu_free(), 5)
+        futures.append(await engine.submit(slow_job(f"jit{i}", steps=12)))
+    assert engine.idle_workers == 0
+    blocked = asyncio.create_task(engine.wait_gpu_free())
+    await asyncio.sleep(0.5)
+    assert not blocked.done()  # both promised: a third job would wait in the stream, so it stays in FairQueue
+    assert await engine.redis.xlen(engine.keys.jobs) <= 2
+    outcomes = await asyncio.wait_for(asyncio.gather(*futures), 60)
+    await asyncio.wait_for(blocked, 5)
+    assert all(isinstance(o, Result) and o.images for o in outcomes), outcomes
+    assert {engine.ran_on["jit0"], engine.ran_on["jit1"]} == {"w1", "w2"}
+
+
+async def test_a_worker_refuses_a_job_that_does_not_validate(pool):
+    outcome = await asyncio.wait_for(pool.engine.run(tiny_job("huge", width=100_000, height=64)), 60)
+    assert isinstance(outcome, Failure) and outcome.kind == FailureKind.BAD_INPUT
+
+
+async def test_cancel_dispatched_not_started_and_running(pool):
+    engine = pool.engine
+    progressed = asyncio.Event()
+    running = [await engine.submit(slow_job(f"busy{i}", steps=30), lambda p: progressed.set()) for i in range(2)]
+    await asyncio.wait_for(progressed.wait(), 60)
+    waiting = await engine.submit(tiny_job("waiting"))  # past wait_gpu_free on purpose: it sits in the stream
+    await engine.cancel("waiting")
+    await engine.cancel("busy0")
+    outcome = await asyncio.wait_for(running[0], 30)
+    assert isinstance(outcome, Failure) and outcome.kind == FailureKind.CANCELLED
+    outcome = await asyncio.wait_for(waiting, 60)
+    assert isinstance(outcome, Failure) and outcome.kind == FailureKind.CANCELLED
+    assert "before it reached the GPU" in outcome.message
+    assert isinstance(await asyncio.wait_for(running[1], 60), Result)
+    early = await engine.submit(tiny_job("waiting"))  # the same job again: a user's cancel holds for good
+    assert (await early).kind == FailureKind.CANCELLED  # type: ignore[union-attr]
+
+
+async def test_redis_down_ten_seconds_loses_nothing_and_work_resumes(pool):
+    engine, server = pool.engine, pool.server
+    progressed = asyncio.Event()
+    before = await engine.submit(slow_job("before", steps=30), lambda p: progressed.set())
+    await asyncio.wait_for(progressed.wait(), 60)
+    server.stop()
+    await wait_for(lambda: engine.status == "unreachable", 10, "the outage noticed")
+    assert engine.fatal is not None and "GPU workers are unreachable" in engine.fatal
+    waiting = asyncio.create_task(engine.wait_gpu_free())
+    during = await engine.submit(tiny_job("during"))  # a job the dispatcher had in hand: kept, sent later
+    await asyncio.sleep(9)
+    assert not waiting.done() and not during.done() and not before.done()
+    server.start()  # empty: no persistence, so groups and registrations come back from both sides
+    await wait_for(lambda: engine.status == "ready" and len(engine.workers) == 2, 60, "recovered")
+    assert isinstance(await asyncio.wait_for(before, 60), Result)  # finished meanwhile, answered once back
+    assert isinstance(await asyncio.wait_for(during, 60), Result)
+    await asyncio.wait_for(waiting, 10)
+    assert isinstance(await asyncio.wait_for(engine.run(tiny_job("resumed")), 60), Result)
+
+
+async def test_imagine_from_three_users_runs_two_at_a_time_in_fair_order(pool, tmp_path):
+    async with discord_world(pool.engine, tmp_path) as world:
+        world.bot.jobs.pause()
+        alice = world.alice
+        carol = world.guild.add_member(world.env.create_user("carol"))
+        ids = []
+        for member in (alice, alice, world.bob, carol):
+            _, job_id = await world.imagine(member, prompt=f"a cat by {member.name}", steps=12)
+            ids.append(job_id)
+        _, dropped = await world.imagine(world.bob, prompt="never mind")
+        assert "Cancelled" in await world.bot.jobs.cancel(dropped, world.bob.id)  # queued: never reaches Redis
+        most = {"running": 0, "stream": 0}
+
+        async def sample():
+            while True:
+                most["running"] = max(most["running"], len(world.bot.jobs.running))
+                most["stream"] = max(most["stream"], await pool.engine.redis.xlen(pool.engine.keys.jobs))
+                await asyncio.sleep(0.01)
+
+        # The order the local queue gives (a job the dispatcher held before the pause goes first).
+        expected = [i for i in ids if i in world.bot.jobs.running] + [q.job_id for q in world.bot.jobs.queue.ordered()]
+        sampler = asyncio.create_task(sample())
+        started: list[str] = [i for i in ids if i in world.bot.jobs.running]
+        submit = pool.engine.submit
+
+        async def recording(job, *args, **kwargs):  # the order jobs left the fair queue (simcord's clock is virtual)
+            started.append(job.job_id)
+            return await submit(job, *args, **kwargs)
+
+        pool.engine.submit = recording  # type: ignore[method-assign]
+        world.bot.jobs.resume()
+        jobs = [await world.wait_job(job_id) for job_id in ids]
+        sampler.cancel()
+        assert most["running"] == 2 and most["stream"] <= 2, most  # two at a time, never more queued in Redis
+        assert [job.state for job in jobs] == ["done"] * 4
+        assert (await world.bot.store.get_job(dropped)).state == "cancelled"
+        assert len(results_posted(world)) == 4  # each result once
+        del pool.engine.submit
+        assert started == expected and sorted(expected) == sorted(ids)
+        assert {pool.engine.ran_on[job_id] for job_id in ids} == {"w1", "w2"}
+
+
+async def test_a_killed_worker_s_job_is_reclaimed_and_posted_once(pool, tmp_path):
+    engine = pool.engine
+    answers: list[str] = []
+    original = engine._on_event
+
+    async def counting(entry_id, fields):  # what reached the bot, to prove the answer came once
+        if streams.field_text(fields, "kind") == "final":
+            answers.append(streams.field_text(fields, "job_id"))
+        await original(entry_id, fields)
+
+    engine._on_event = counting  # type: ignore[method-assign]
+    try:
+        async with discord_world(engine, tmp_path, **BIG) as world:
+            _, job_id = await world.imagine(world.alice, prompt="a cat", model="base", steps=60)
+            await wait_for(lambda: any(w.busy == job_id for w in engine.workers.values()), 60, "a worker took it")
+            victim = pool.holder(job_id)
+            victim.kill()
+            killed = asyncio.get_running_loop().time()
+            job = await world.wait_job(job_id, timeout=120)
+            assert job.state == "done", job.error
+            assert asyncio.get_running_loop().time() - killed >= LEASE_S * 0.9  # after the lease, not before
+            assert engine.ran_on[job_id] != victim.name
+            await asyncio.sleep(LEASE_S)
+            assert answers.count(job_id) == 1 and len(results_posted(world)) == 1
+    finally:
+        engine._on_event = original  # type: ignore[method-assign]
+        victim.start()  # loads while the next test begins
+
+
+async def test_killed_twice_the_job_fails_clearly_and_the_next_one_is_fine(pool, tmp_path):
+    engine = pool.engine
+    await pool.restored()
+    async with discord_world(engine, tmp_path, **BIG) as world:
+        _, job_id = await world.imagine(world.alice, prompt="a doomed cat", model="base", steps=60)
+        for round_ in range(2):
+            await wait_for(lambda: any(w.busy == job_id for w in engine.workers.values()), 60, "a worker took it")
+            holder = pool.holder(job_id)
+            holder.kill()
+            if round_ == 0:
+                holder.start()  # loads meanwhile; the retry goes to the other, idle worker
+                await wait_for(lambda h=holder: engine.workers.get(h.name) is None, 10, "its registration expired")
+        job = await world.wait_job(job_id, timeout=120)
+        assert job.state == "failed" and "twice" in job.error
+        assert any("crashed twice" in content for content in world.contents_sent())  # told in the channel
+        _, next_id = await world.imagine(world.bob, prompt="a lucky cat")
+        assert (await world.wait_job(next_id, timeout=120)).state == "done"
+        assert len(results_posted(world)) == 1
+    await pool.restored()
