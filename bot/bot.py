@@ -151,5 +151,17 @@ def create_bot(
 
 
 def engine_client_for(config: Config) -> EngineClient:
-    """The engine process as config.toml describes it (started later, by setup_hook)."""
+    """The engine process as config.toml describes it (started later, by setup_hook); with [queue] backend =
+    "redis", GPU workers through Redis (bot/remote_engine.py), whose URL $ZIMAGE_REDIS_URL may override so a
+    password stays out of config.toml."""
+    if config.queue.backend == "redis":
+        import os
+        from typing import cast
+
+        from bot.remote_engine import RemoteEngine
+
+        queue = config.queue
+        url = os.environ.get("ZIMAGE_REDIS_URL") or queue.redis_url
+        remote = RemoteEngine(url, prefix=queue.redis_prefix, lease_s=queue.lease_s, blob_dir=queue.blob_dir)
+        return cast(EngineClient, remote)  # the same interface the dispatcher uses, not a subclass
     return EngineClient(config.engine_options())

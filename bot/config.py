@@ -58,6 +58,13 @@ class StorageConfig:
 class QueueConfig:
     per_user: int = 3
     total: int = 50
+    # "local": the engine process(es) on this host; "redis": GPU workers anywhere (`python -m engine worker`)
+    # fed through Redis Streams. The fair queue stays in the bot either way.
+    backend: str = "local"
+    redis_url: str = "redis://127.0.0.1:6379/0"  # redis://user:password@host:6379/0, rediss:// for TLS
+    redis_prefix: str = "zi"  # key prefix, shared with the workers' --prefix
+    lease_s: float = 60.0  # a job whose worker is silent this long is taken back and retried once
+    blob_dir: str = ""  # a directory bot and workers share for images; "" = images as Redis keys with a TTL
 
 
 @dataclass
@@ -128,11 +135,12 @@ CHOICES = {
     ("engine", "low_vram"): ("auto", "on", "off"),
     ("imagine", "default_model"): ("turbo", "base"),
     ("discord", "dms"): ("off", "on"),
+    ("queue", "backend"): ("local", "redis"),
 }
 POSITIVE = {
     ("queue", "per_user"), ("queue", "total"), ("imagine", "progress_interval"),
     ("inputs", "max_bytes"), ("inputs", "max_megapixels"), ("upscale", "max_side"), ("upscale", "refine_denoise"),
-    ("storage", "keep_days"), ("discord", "delivery_retry_minutes"), ("discord", "delivery_backoff_s"),
+    ("storage", "keep_days"), ("queue", "lease_s"), ("discord", "delivery_retry_minutes"), ("discord", "delivery_backoff_s"),
     ("discord", "download_timeout_s"),
 }  # fmt: skip
 UNIT_INTERVAL = {("imagine", "vary_subtle"), ("imagine", "vary_strong")}
@@ -162,6 +170,10 @@ def _section(cls, name: str, raw: dict[str, Any]):
             raise ConfigError(f"{name}.{key} must be positive; got {value!r}")
         if (name, key) in UNIT_INTERVAL and not 0 < value <= 1:
             raise ConfigError(f"{name}.{key} is an img2img strength in (0, 1]; got {value!r}")
+        if (name, key) == ("queue", "redis_url") and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(
+                f"queue.redis_url must start with redis://, rediss:// (TLS) or unix://, not {value.split(':', 1)[0]!r}"
+            )  # no password in logs
         if (name, key) == ("upscale", "refine_tile") and value and (value % 16 or value < 64):
             raise ConfigError(f"upscale.refine_tile must be 0 or a multiple of 16 from 64; got {value}")
         values[key] = value

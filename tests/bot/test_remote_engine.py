@@ -233,3 +233,36 @@ async def test_killed_twice_the_job_fails_clearly_and_the_next_one_is_fine(pool,
         assert (await world.wait_job(next_id, timeout=120)).state == "done"
         assert len(results_posted(world)) == 1
     await pool.restored()
+
+
+def test_queue_backend_redis_builds_a_remote_engine_from_config(monkeypatch):
+    from bot.bot import engine_client_for
+    from bot.config import ConfigError, parse_config
+
+    queue = {"backend": "redis", "redis_url": "redis://10.0.0.5:6379/1", "redis_prefix": "zb", "lease_s": 30}
+    engine = engine_client_for(parse_config({"queue": queue}))
+    assert isinstance(engine, RemoteEngine) and engine.process is None  # started later, by setup_hook
+    assert engine.redis_url == "redis://10.0.0.5:6379/1" and engine.keys.jobs == "zb:jobs" and engine.lease_s == 30
+    monkeypatch.setenv("ZIMAGE_REDIS_URL", "rediss://bot:s3cret@redis.internal:6380/2")
+    assert engine_client_for(parse_config({"queue": queue})).redis_url.startswith("rediss://bot:s3cret@")
+    assert type(engine_client_for(parse_config({}))).__name__ == "EngineClient"  # "local" stays the default
+    with pytest.raises(ConfigError, match="must be one of local, redis"):
+        parse_config({"queue": {"backend": "celery"}})
+    with pytest.raises(ConfigError, match="redis://, rediss://") as refused:
+        parse_config({"queue": {"redis_url": "http://user:hunter2@host"}})
+    assert "hunter2" not in str(refused.value)
+
+
+async def test_redis_urls_carry_an_acl_user_a_password_and_tls():
+    import redis.asyncio as aioredis
+    from redis.asyncio.connection import SSLConnection
+
+    client = aioredis.from_url("rediss://bot:s3cret@redis.internal:6380/2")
+    try:
+        kwargs = client.connection_pool.connection_kwargs
+        assert (kwargs["username"], kwargs["password"], kwargs["host"], kwargs["port"], kwargs["db"]) == (
+            "bot", "s3cret", "redis.internal", 6380, 2,
+        )  # fmt: skip
+        assert client.connection_pool.connection_class is SSLConnection
+    finally:
+        await client.aclose()
