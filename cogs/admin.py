@@ -102,7 +102,7 @@ class ConfigCommands(app_commands.Group, name="config", description="This server
     async def purge_user(self, interaction: discord.Interaction, member: discord.User) -> None:
         if await _refuse_non_admin(interaction):
             return
-        forgotten = await forget_user(self.bot.jobs, member.id, interaction.guild_id)
+        forgotten = await forget_user(self.bot.jobs, member.id, interaction.guild_id, self.bot.user_settings)
         await interaction.response.send_message(forgotten.summary(f"{member.mention} on this server"), ephemeral=True)
 
     @app_commands.command(name="history", description="The last changes: who, what, when")

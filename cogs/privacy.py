@@ -24,7 +24,7 @@ class ConfirmForget(discord.ui.View):
             await interaction.response.send_message("This confirmation is not yours.", ephemeral=True)
             return
         self.stop()
-        forgotten = await forget_user(self.bot.jobs, self.user_id)
+        forgotten = await forget_user(self.bot.jobs, self.user_id, user_settings=self.bot.user_settings)
         await interaction.response.edit_message(content=forgotten.summary("yours"), view=None)
 
     @discord.ui.button(label="Keep my data", style=discord.ButtonStyle.secondary)
