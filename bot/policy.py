@@ -131,11 +131,14 @@ class Policy:
         if quota:
             day_start = start_of_utc_day(now)
             used = await store.count_user_images_since(user_id, guild_id, day_start)
+            place, who = (
+                ("on this server", "This server allows") if guild_id is not None else ("in DMs", "In DMs I make")
+            )
             if count > quota:
-                raise Refused(f"This server allows {quota} images per member a day; ask for {quota} or fewer.")
+                raise Refused(f"{who} {quota} images per member a day; ask for {quota} or fewer.")
             if used + count > quota:
                 resets_in = day_start + timedelta(days=1).total_seconds() - now
                 raise Refused(
-                    f"You've used {used} of your {quota} images today on this server; the quota resets at "
+                    f"You've used {used} of your {quota} images today {place}; the quota resets at "
                     f"00:00 UTC (in {format_eta(resets_in).lstrip('~')})."
                 )
