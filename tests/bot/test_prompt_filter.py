@@ -195,9 +195,9 @@ def test_catastrophic_patterns_are_refused_at_set_time_and_harmless_at_match_tim
     message = str(refused.value)
     assert pattern in message and ("RE2" in message or "catastrophic backtracking" in message)
     # Even unvalidated (a list stored before this check existed), matching is linear and bounded.
-    start = time.perf_counter()
+    start = time.thread_time()  # CPU time: a loaded machine's waits are not the pattern's cost
     result = check_prompt(bad_input, blocked_patterns=[pattern] * 5)
-    assert time.perf_counter() - start < 0.05
+    assert time.thread_time() - start < 0.05
     assert result != TOO_SLOW_REFUSAL
 
 
@@ -235,7 +235,7 @@ def test_caps_on_pattern_count_length_size_and_words():
         validate_words([f"w{i}" for i in range(501)])
 
 
-def _max_length_patterns(rng: random.Random) -> list[str]:
+def max_length_patterns(rng: random.Random) -> list[str]:
     """100 distinct patterns of exactly MAX_PATTERN_LENGTH characters, in four shapes that pass validation."""
 
     def word() -> str:
@@ -264,16 +264,18 @@ def _max_length_patterns(rng: random.Random) -> list[str]:
 
 def test_a_hundred_patterns_of_the_maximum_length_check_a_long_prompt_in_under_50_ms():
     rng = random.Random(16)
-    patterns = _max_length_patterns(rng)
+    patterns = max_length_patterns(rng)
     assert len(set(patterns)) == MAX_PATTERNS and {len(p) for p in patterns} == {MAX_PATTERN_LENGTH}
     validate_patterns(patterns)
     vocabulary = "a cat on a windowsill at sunset oil painting highly detailed warm light bokeh portrait".split()
     worst = 0.0
     for _ in range(5):
         prompt = " ".join(rng.choices(vocabulary, k=1200))[:6000]  # Discord's longest option value
-        start = time.perf_counter()
+        start = (
+            time.thread_time()
+        )  # CPU time, as the match budget counts it: preemption on a loaded machine is not ours
         result = check_prompt(prompt, prompt[::-1], blocked_words=["spider", "gore"], blocked_patterns=patterns)
-        worst = max(worst, time.perf_counter() - start)
+        worst = max(worst, time.thread_time() - start)
         assert result is None  # checked in full: not refused for running out of time
     assert worst < 0.05, f"{worst * 1000:.1f} ms"
 
