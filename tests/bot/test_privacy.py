@@ -95,7 +95,7 @@ async def test_buttons_on_a_pruned_result_say_so_and_delete_still_works(engine_c
         world.bot.clock = lambda: job.finished_at + 31 * DAY
         assert await world.bot.retention.prune_once() == 1
         assert files_of(world.bot.store, job.id) == []
-        vary = await world.alice.click(posted, label="Vary")
+        vary = await world.alice.click(posted, label="Vary (Subtle)")
         assert vary.ephemeral and "past this bot's retention" in vary.response.content
         refused = await world.bob.click(posted, label="Delete")
         assert refused.ephemeral and "Only the person who asked" in refused.response.content

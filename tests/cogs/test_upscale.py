@@ -56,7 +56,7 @@ async def test_upscale_buttons_enqueue_the_exact_stored_image(engine_client, tmp
         await world.wait_job(job_id)
         grid = world.bot_messages()[-1]
         labels = [c.label for row in grid.components for c in row.children]
-        assert labels == ["Reroll", "V1", "V2", "U1", "U2", "Info", "Report", "Delete"]
+        assert labels == ["Reroll", "Remix", "V1", "V2", "U1", "U2", "Info", "Report", "Delete"]
         clicked = await world.bob.click(grid, label="U2")
         queued = [t for t in world.contents_sent() if t.startswith("Upscale x4 queued")]
         assert not clicked.ephemeral and queued  # the status message itself is deleted once the result is out
