@@ -33,6 +33,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from bot.engine_client import EngineDead, EngineUnavailable, ProgressHandler
+from bot.engine_state import EngineState
 from engine import streams
 from engine.protocol import Failure, FailureKind, Job, Progress, Ready, Result
 
@@ -40,15 +41,6 @@ log = logging.getLogger("bot.remote_engine")
 
 UNREACHABLE = "The GPU workers are unreachable right now (the bot cannot reach Redis); try again in a minute."
 Outcome = Result | Failure
-
-
-@dataclass
-class WorkerInfo:
-    name: str
-    device: str
-    weights: str
-    busy: str  # the job id it runs, "" when idle
-    ready: Ready | None
 
 
 @dataclass
@@ -83,7 +75,7 @@ class RemoteEngine:
         self.blob_dir, self.blob_ttl_s = blob_dir, blob_ttl_s
         self.poll_s, self.reconnect_backoff = poll_s, reconnect_backoff
         self.redis: Any = None  # redis.asyncio.Redis; its type hints fight bytes-or-str replies
-        self.workers: dict[str, WorkerInfo] = {}
+        self.workers: dict[str, streams.WorkerInfo] = {}
         self.ready_info: Ready | None = None  # the pool's; kept while no worker is registered
         self.reachable = False
         self.fatal: str | None = None
@@ -93,6 +85,7 @@ class RemoteEngine:
         self._early: OrderedDict[str, tuple[str, Result]] = OrderedDict()  # results nobody waited for yet
         self._finished: OrderedDict[str, None] = OrderedDict()  # recent final answers: duplicates are dropped
         self.ran_on: OrderedDict[str, str] = OrderedDict()  # job id -> the worker that answered it (recent)
+        self.started_at: OrderedDict[str, float] = OrderedDict()  # job id -> when a worker began it (its time.time)
         self._has_workers = asyncio.Event()
         self._changed = asyncio.Event()  # replaced on every change: wait_gpu_free checks again
         self._supervisor: asyncio.Task | None = None
@@ -138,6 +131,13 @@ class RemoteEngine:
         if self.fatal:
             return "unreachable"
         return "ready" if self.is_ready else "starting"
+
+    def engines(self) -> list[EngineState]:
+        status = "ready" if self.reachable else "unreachable"
+        return [
+            EngineState(name, info.device, status, bool(info.busy) and info.busy not in self._finished)
+            for name, info in sorted(self.workers.items())
+        ]
 
     @property
     def idle_workers(self) -> int:
@@ -316,7 +316,14 @@ class RemoteEngine:
         flight = self._flights.get(job_id)
         current = flight is not None and flight.run == run and not flight.future.done()
         if current and worker in self.workers:
-            self.workers[worker].busy = "" if kind != "progress" else job_id
+            self.workers[worker].busy = job_id if kind in ("started", "progress") else ""
+        if kind == "started":
+            if current:
+                self.started_at[job_id] = float(streams.field_text(fields, "at", "0"))
+                while len(self.started_at) > 1000:
+                    self.started_at.popitem(last=False)
+            await self._ack_event(entry_id)
+            return
         if kind == "lost":
             await self._lost(
                 job_id, run, int(streams.field_text(fields, "attempt", "1")), "its GPU worker's engine died"
@@ -394,19 +401,9 @@ class RemoteEngine:
 
     async def _watch_workers(self) -> None:
         while True:
-            found: dict[str, WorkerInfo] = {}
-            async for key in self.redis.scan_iter(match=self.keys.worker_pattern, count=100):
-                info = {k.decode(): v for k, v in (await self.redis.hgetall(key)).items()}
-                if not info:
-                    continue  # expired between SCAN and HGETALL
-                name = info.get("name", b"").decode()
-                ready = streams.ready_from_text(info["ready"]) if info.get("ready") else None
-                found[name] = WorkerInfo(
-                    name, info.get("device", b"").decode(), info.get("weights", b"").decode(),
-                    info.get("busy", b"").decode(), ready,
-                )  # fmt: skip
+            found = await streams.read_workers(self.redis, self.keys)
             self.workers = found
-            pooled = _pool_ready(found)
+            pooled = streams.pool_ready(found)
             if pooled is not None:
                 self.ready_info = pooled
                 self._has_workers.set()
@@ -425,23 +422,3 @@ async def _hand_on(flight: _Flight, progress: Progress) -> None:
             await outcome
     except Exception:
         log.exception("progress handler failed for job %s", progress.job_id)
-
-
-def _pool_ready(workers: dict[str, WorkerInfo]) -> Ready | None:
-    """One Ready for the pool: the tightest limits and the modes every worker can run."""
-    readies = [w.ready for _, w in sorted(workers.items()) if w.ready is not None]
-    if not readies:
-        return None
-    first = readies[0]
-    limits, modes = first.limits, set(first.control_modes)
-    for other in readies[1:]:
-        limits = limits.tightest(other.limits)
-        modes &= set(other.control_modes)
-    devices = ", ".join(sorted({r.device for r in readies}))
-    return Ready(
-        device=f"{len(readies)} GPU worker(s) ({devices})",
-        weights=first.weights,
-        limits=limits,
-        control_modes=[m for m in first.control_modes if m in modes],
-        nsfw_screening=all(r.nsfw_screening for r in readies),
-    )

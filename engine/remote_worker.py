@@ -158,6 +158,8 @@ class RemoteWorker:
             if streams.is_cancelled(await self.redis.get(self.keys.cancel(job_id)), tags["run"]):
                 outcome = Failure(job_id, FailureKind.CANCELLED, "Cancelled before it reached the GPU.")
             else:
+                with contextlib.suppress(Exception):  # the bot learns at once which worker runs it
+                    await self._add_event(job_id, "started", None, at=f"{time.time():.6f}", **tags)
                 outcome = await self._run_guarded(entry_id, job, tags)
         except BadInput as exc:
             outcome = Failure(job_id, FailureKind.BAD_INPUT, str(exc))
@@ -169,22 +171,9 @@ class RemoteWorker:
         except Exception:
             log.exception("job %s failed in the worker", job_id)
             outcome = Failure(job_id, FailureKind.INTERNAL, "The GPU worker failed on this job; try again.")
-        await self._publish_final(job_id, tags, outcome)
-        await self._until_redis(lambda: self._done_with(entry_id))
+        await self._publish_final(job_id, tags, outcome, entry_id)
         self.busy = ""
         await self._beat()
-
-    async def _done_with(self, entry_id: str) -> None:
-        from redis.exceptions import ResponseError
-
-        assert self.redis is not None
-        try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.xack(self.keys.jobs, streams.JOBS_GROUP, entry_id)
-                pipe.xdel(self.keys.jobs, entry_id)  # the answer is on the events stream; keep the jobs stream short
-                await pipe.execute()
-        except ResponseError as exc:  # NOGROUP: Redis restarted empty meanwhile, nothing left to acknowledge
-            log.info("could not acknowledge %s (%s)", entry_id, exc)
 
     async def _run_guarded(self, entry_id: str, job: Job, tags: dict[str, str]) -> Result | Failure:
         assert self.engine is not None
@@ -242,11 +231,16 @@ class RemoteWorker:
         except Exception:
             return ""
 
-    async def _publish_final(self, job_id: str, tags: dict[str, str], outcome: Result | Failure | None) -> None:
+    async def _publish_final(
+        self, job_id: str, tags: dict[str, str], outcome: Result | Failure | None, entry_id: str
+    ) -> None:
         kind = "lost" if outcome is None else "final"
-        await self._until_redis(lambda: self._add_event(job_id, kind, outcome, **tags))
+        await self._until_redis(lambda: self._add_event(job_id, kind, outcome, done_entry=entry_id, **tags))
 
-    async def _add_event(self, job_id: str, kind: str, message, **extra: str) -> None:
+    async def _add_event(self, job_id: str, kind: str, message, *, done_entry: str = "", **extra: str) -> None:
+        """XADD one event; with `done_entry`, the job's entry leaves the jobs stream in the same transaction:
+        the answer and the freed slot appear together, so a job the bot sends on hearing the answer never
+        finds this one still in the stream, and a worker that dies first leaves it pending for reclaiming."""
         assert self.redis is not None
         if message is None:
             fields = {"header": b"", "blobs": "[]", **extra}
@@ -255,7 +249,19 @@ class RemoteWorker:
                 self.redis, self.keys, message, self.blob_ttl_s, blob_dir=self.blob_dir, **extra
             )
         fields.update(job_id=job_id, kind=kind, worker=self.name)
-        await self.redis.xadd(self.keys.events, fields, maxlen=streams.EVENTS_MAXLEN, approximate=True)
+        if not done_entry:
+            await self.redis.xadd(self.keys.events, fields, maxlen=streams.EVENTS_MAXLEN, approximate=True)
+            return
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(self.keys.events, fields, maxlen=streams.EVENTS_MAXLEN, approximate=True)
+            pipe.xack(self.keys.jobs, streams.JOBS_GROUP, done_entry)
+            pipe.xdel(self.keys.jobs, done_entry)
+            replies = await pipe.execute(raise_on_error=False)
+        if isinstance(replies[0], Exception):
+            raise replies[0]
+        for reply in replies[1:]:  # NOGROUP: Redis restarted empty meanwhile, nothing left to acknowledge
+            if isinstance(reply, Exception):
+                log.info("could not acknowledge %s (%s)", done_entry, reply)
 
     async def _until_redis(self, action) -> None:
         """A finished job's answer must not be lost to a Redis outage: retry until Redis is back."""

@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -103,7 +104,10 @@ async def encode_entry(
 ) -> dict[str, Any]:
     """Store the message's blobs (as keys, or files in `blob_dir`) and return the stream entry's fields."""
     header, blobs = split_frame(protocol.encode(message))
-    digests = [hashlib.sha256(blob).hexdigest() for blob in blobs]
+    # Content digest plus a per-entry suffix: two jobs with identical images (same seed) get their own
+    # keys, so deleting one result once it is stored never takes the other's away.
+    entry = secrets.token_hex(6)
+    digests = [f"{hashlib.sha256(blob).hexdigest()}-{entry}" for blob in blobs]
     if blob_dir and blobs:
         await asyncio.to_thread(_write_files, blob_dir, digests, blobs)
         return {"header": header, "blobs": json.dumps([FILE_PREFIX + d for d in digests]), **extra}
@@ -182,6 +186,50 @@ async def ensure_group(redis, stream: str, group: str) -> None:
     except ResponseError as exc:
         if "BUSYGROUP" not in str(exc):
             raise
+
+
+@dataclass
+class WorkerInfo:
+    """A worker's registration, as its last heartbeat wrote it."""
+
+    name: str
+    device: str
+    weights: str
+    busy: str  # the job id it runs, "" when idle
+    ready: protocol.Ready | None
+
+
+async def read_workers(redis, keys: Keys) -> dict[str, WorkerInfo]:
+    found: dict[str, WorkerInfo] = {}
+    async for key in redis.scan_iter(match=keys.worker_pattern, count=100):
+        info = {k.decode(): v for k, v in (await redis.hgetall(key)).items()}
+        if not info:
+            continue  # expired between SCAN and HGETALL
+        name = info.get("name", b"").decode()
+        ready = ready_from_text(info["ready"]) if info.get("ready") else None
+        text = {k: info.get(k, b"").decode() for k in ("device", "weights", "busy")}
+        found[name] = WorkerInfo(name, text["device"], text["weights"], text["busy"], ready)
+    return found
+
+
+def pool_ready(workers: dict[str, WorkerInfo]) -> protocol.Ready | None:
+    """One Ready for the pool: the tightest limits and the modes every worker can run."""
+    readies = [w.ready for _, w in sorted(workers.items()) if w.ready is not None]
+    if not readies:
+        return None
+    first = readies[0]
+    limits, modes = first.limits, set(first.control_modes)
+    for other in readies[1:]:
+        limits = limits.tightest(other.limits)
+        modes &= set(other.control_modes)
+    devices = ", ".join(sorted({r.device for r in readies}))
+    return protocol.Ready(
+        device=f"{len(readies)} GPU worker(s) ({devices})",
+        weights=first.weights,
+        limits=limits,
+        control_modes=[m for m in first.control_modes if m in modes],
+        nsfw_screening=all(r.nsfw_screening for r in readies),
+    )
 
 
 def ready_to_text(ready: protocol.Ready) -> bytes:
