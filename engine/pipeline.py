@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 import types
 from collections.abc import Iterable
@@ -22,7 +23,8 @@ from diffsynth.pipelines.z_image import ZImagePipeline
 from transformers import AutoTokenizer
 
 from engine.device import pick_device, pick_dtype
-from engine.jobspec import BadInput, EngineOptions, installed_loras
+from engine.guidance import can_batch_cfg, cfg_pair_forward, install_prompt_cache
+from engine.jobspec import MODEL_DEFAULTS, BadInput, EngineOptions, ModelName, installed_loras
 from engine.lora import check_fits, hot_load_layers, read_lora, to_diffsynth_layout
 from engine.models import Component, components_for, resolve
 from engine.vae_tiling import tile_large_decodes
@@ -62,10 +64,47 @@ DISK_OFFLOADED_IN_LOW_VRAM = ("dit_base", "controlnet")
 MAX_PROMPT_TOKENS = 512
 
 
+# The aspects /imagine offers (bot/render.py's ASPECTS, the bot imports no torch and the engine no
+# discord; tests/engine/test_compile_warmup.py keeps the two equal) at the area they aim at.
+OFFERED_ASPECTS = ("1:1", "4:3", "3:4", "3:2", "2:3", "16:9", "9:16", "21:9")
+WARM_UP_PROMPT = "a warm-up image " * 12  # longer than the empty negative prompt: CFG's masked batch
+
+
+def warmup_sizes(weights: str, target_pixels: int = 0) -> list[tuple[int, int]]:
+    """Width and height of each offered aspect near `target_pixels` (0: 1 MP, the tiny model 256²),
+    rounded as bot.render.size_for_ratio rounds them."""
+    target = target_pixels or (256 * 256 if weights == "tiny" else 1024 * 1024)
+    sizes = []
+    for aspect in OFFERED_ASPECTS:
+        w, h = (int(part) for part in aspect.split(":"))
+        size = (
+            max(16, round(math.sqrt(target * w / h) / 16) * 16),
+            max(16, round(math.sqrt(target * h / w) / 16) * 16),
+        )
+        if size not in sizes:
+            sizes.append(size)
+    return sizes
+
+
 class StreamingZImagePipeline(ZImagePipeline):
-    """ZImagePipeline that remembers the latest latents, for cheap previews between steps."""
+    """ZImagePipeline that remembers the latest latents (cheap previews between steps) and runs CFG's
+    conditional and unconditional DiT forwards as one batch of two (engine/guidance.py)."""
 
     latest_latents: torch.Tensor | None = None
+    batch_cfg = True  # False: DiffSynth's two forwards one after the other (the bench compares both)
+
+    def cfg_guided_model_fn(self, model_fn, cfg_scale, inputs_shared, inputs_posi, inputs_nega, **others):
+        dit = others.get("dit")
+        if cfg_scale == 1.0 or not self.batch_cfg or dit is None or not can_batch_cfg(dit, inputs_shared):
+            return super().cfg_guided_model_fn(model_fn, cfg_scale, inputs_shared, inputs_posi, inputs_nega, **others)
+        posi, nega = cfg_pair_forward(
+            dit,
+            inputs_shared["latents"],
+            others["timestep"],
+            inputs_posi["prompt_embeds"],
+            inputs_nega["prompt_embeds"],
+        )
+        return nega + cfg_scale * (posi - nega)  # DiffSynth's own guidance formula
 
     def step(self, scheduler, latents, progress_id, noise_pred, **kwargs):
         latents = super().step(scheduler, latents, progress_id, noise_pred, **kwargs)
@@ -81,9 +120,11 @@ class PooledPipeline:
         self.device = pick_device(options.device, options.weights)  # NoAcceleratorError
         self.dtype = pick_dtype(self.device)
         self.pipe = StreamingZImagePipeline(device=self.device, torch_dtype=self.dtype)
+        self.prompt_cache = install_prompt_cache(self.pipe)  # `with pooled.prompt_cache.scope():` per job
         self.dits: dict[str, torch.nn.Module] = {}
         self.low_vram = False
         self.load_seconds = 0.0
+        self.warmup_seconds: dict[str, float] = {}  # per DiT, after compile()
         self._lora_cache: tuple[tuple, dict] | None = None  # the last LoRA read, on the CPU
 
     # -- loading -----------------------------------------------------------------------------
@@ -110,10 +151,6 @@ class PooledPipeline:
         self.pipe.dit = self.dits["turbo"]
         self.pipe.vram_management_enabled = self.pipe.check_vram_management_state()
         if self.options.compile:
-            if self.options.lora_dir and installed_loras(self.options.lora_dir):
-                # Wrap for LoRA hot-loading before compiling, not at the first LoRA job (a recompile).
-                for dit in self.dits.values():
-                    self.pipe.enable_lora_hot_loading(dit)
             self.compile()
         self.load_seconds = time.perf_counter() - start
         log.info(
@@ -175,14 +212,62 @@ class PooledPipeline:
         path = paths[0] if len(paths) == 1 else paths
         return pool.load_model_file(config, path, self._vram_config(component.slot), vram_limit=self._vram_limit())
 
-    def compile(self) -> None:
-        """Regional torch.compile of the repeated DiT blocks of both DiTs, then one warm-up image each."""
+    def compile(self, sizes: Iterable[tuple[int, int]] | None = None, backend: str = "inductor") -> None:
+        """Regional torch.compile of the repeated DiT blocks of both DiTs, then a one-step warm-up image
+        per size the bot offers (`warmup_sizes`), so no user's first image at a size pays a recompile.
+
+        Base warms up with its default cfg and prompts of different lengths: the batched CFG pass with its
+        key mask, the shape its jobs run. With LoRAs installed the warm-up runs again with a zero LoRA in
+        place, since an empty or filled LoRA list is a Dynamo guard. Recompiles after this go to the log.
+        """
+        from torch._dynamo.utils import counters
+
+        torch._logging.set_logs(recompiles=True)  # a recompile a user pays shows in the engine log
+        if self.options.lora_dir and installed_loras(self.options.lora_dir):
+            # Wrap for LoRA hot-loading before compiling, not at the first LoRA job (a recompile).
+            for dit in self.dits.values():
+                if not getattr(dit, "vram_management_enabled", False):
+                    self.pipe.enable_lora_hot_loading(dit)
+        sizes = list(sizes or warmup_sizes(self.options.weights))
+        with_lora = [False] + [True] * any(hot_load_layers(dit) for dit in self.dits.values())
         for name, dit in self.dits.items():
             self.pipe.dit = dit
-            self.pipe.compile_pipeline()
-            self.pipe(prompt="warm-up", height=256, width=256, num_inference_steps=2, seed=0, progress_bar_cmd=_quiet)
-            log.info("compiled and warmed the %s DiT", name)
+            self.pipe.compile_pipeline(backend=backend)
+            defaults = MODEL_DEFAULTS[ModelName(name)]
+            start, graphs = time.perf_counter(), counters["stats"]["unique_graphs"]
+            for lora in with_lora:
+                with self._zero_lora(dit) if lora else contextlib.nullcontext():
+                    for width, height in sizes:
+                        self.pipe(
+                            prompt=WARM_UP_PROMPT, negative_prompt="", cfg_scale=defaults.cfg, height=height,
+                            width=width, num_inference_steps=1, seed=0, sigma_shift=defaults.sigma_shift,
+                            progress_bar_cmd=_quiet,
+                        )  # fmt: skip
+            self.warmup_seconds[name] = time.perf_counter() - start
+            log.info(
+                "compiled and warmed the %s DiT at %d sizes%s in %.1f s (%d graphs; Dynamo recompiles a block "
+                "at most %d times, then runs it eager)",
+                name, len(sizes), " with and without a LoRA" if len(with_lora) > 1 else "",
+                self.warmup_seconds[name], counters["stats"]["unique_graphs"] - graphs,
+                torch._dynamo.config.recompile_limit,
+            )  # fmt: skip
         self.pipe.dit = self.dits["turbo"]
+
+    @contextlib.contextmanager
+    def _zero_lora(self, dit: torch.nn.Module):
+        """A rank-1 LoRA of zeros in every hot-load layer of `dit`: the LoRA code path, the same pixels."""
+        lora = {}
+        for layer_name, layer in hot_load_layers(dit).items():
+            lora[f"{layer_name}.lora_A.weight"] = torch.zeros(1, layer.in_features, dtype=self.dtype)
+            lora[f"{layer_name}.lora_B.weight"] = torch.zeros(layer.out_features, 1, dtype=self.dtype)
+        try:
+            self.pipe.load_lora(dit, state_dict=self._on_device(lora), alpha=1.0, hotload=True, verbose=0)
+            yield
+        finally:
+            self.pipe.clear_lora(verbose=0)
+
+    def _on_device(self, lora: dict) -> dict:
+        return {key: tensor.to(device=self.device, dtype=self.dtype) for key, tensor in lora.items()}
 
     # -- use ---------------------------------------------------------------------------------
 
@@ -236,8 +321,7 @@ class PooledPipeline:
         lora = self._lora_on_cpu(name, layers)
         check_fits(name, layers, lora)
         try:
-            lora = {key: tensor.to(device=self.device, dtype=self.dtype) for key, tensor in lora.items()}
-            self.pipe.load_lora(dit, state_dict=lora, alpha=strength, hotload=True, verbose=0)
+            self.pipe.load_lora(dit, state_dict=self._on_device(lora), alpha=strength, hotload=True, verbose=0)
             yield
         finally:  # also after an error half-way through load_lora: no later job may keep any of it
             self.pipe.clear_lora(verbose=0)
