@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import time
+from typing import cast
 
 import discord
 from discord import app_commands
@@ -156,7 +157,6 @@ def engine_client_for(config: Config) -> EngineClient:
     password stays out of config.toml."""
     if config.queue.backend == "redis":
         import os
-        from typing import cast
 
         from bot.remote_engine import RemoteEngine
 
@@ -164,4 +164,13 @@ def engine_client_for(config: Config) -> EngineClient:
         url = os.environ.get("ZIMAGE_REDIS_URL") or queue.redis_url
         remote = RemoteEngine(url, prefix=queue.redis_prefix, lease_s=queue.lease_s, blob_dir=queue.blob_dir)
         return cast(EngineClient, remote)  # the same interface the dispatcher uses, not a subclass
-    return EngineClient(config.engine_options())
+    devices = config.engine.devices
+    if len(devices) == 1:
+        return EngineClient(config.engine_options())
+    from bot.engine_pool import EnginePool
+
+    names = [device if devices.count(device) == 1 else f"{device} #{i}" for i, device in enumerate(devices, 1)]
+    clients = [
+        EngineClient(config.engine_options(device), name=name) for device, name in zip(devices, names, strict=True)
+    ]
+    return cast(EngineClient, EnginePool(clients, names))

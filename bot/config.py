@@ -40,6 +40,9 @@ class DiscordConfig:
 @dataclass
 class EngineConfig:
     models: str = "zimage"  # "zimage" (real weights, fetched on first run) or "tiny" (no GPU, no download)
+    # One engine process per entry: ["cuda:0", "cuda:1"] runs two jobs at once; ["auto"] is one engine
+    # on the best device found. `device = "cuda:1"` (one engine) still reads as devices = ["cuda:1"].
+    devices: list[str] = field(default_factory=lambda: ["auto"])
     device: str = "auto"
     compile: bool = False
     low_vram: str = "auto"  # auto | on | off
@@ -113,11 +116,12 @@ class Config:
     def lora_path(self) -> Path:
         return Path(self.engine.lora_dir) if self.engine.lora_dir else self.data_path / "loras"
 
-    def engine_options(self) -> EngineOptions:
-        """The one place config.toml becomes the engine's options (passed whole to `python -m engine serve`)."""
+    def engine_options(self, device: str | None = None) -> EngineOptions:
+        """The one place config.toml becomes an engine's options (passed whole to `python -m engine serve`);
+        `device`: which of `[engine] devices` (default the first)."""
         engine, upscale = self.engine, self.upscale
         return EngineOptions(
-            weights=engine.models, device=engine.device, compile=engine.compile, low_vram=engine.low_vram,
+            weights=engine.models, device=device or engine.devices[0], compile=engine.compile, low_vram=engine.low_vram,
             controlnet_file=engine.controlnet_file, upscale_tile=upscale.tile, upscale_tile_pad=upscale.tile_pad,
             refine_tile=upscale.refine_tile, refine_overlap=upscale.refine_overlap,
             upscale_max_side=upscale.max_side, lora_dir=str(self.lora_path),
@@ -179,7 +183,21 @@ def _section(cls, name: str, raw: dict[str, Any]):
         values[key] = value
     if cls is DiscordConfig:
         _check_dm_blocklist(values)
+    if cls is EngineConfig:
+        _check_devices(values)
     return cls(**values)
+
+
+def _check_devices(values: dict[str, Any]) -> None:
+    devices, device = values.get("devices"), values.pop("device", "auto")
+    if devices is not None and device != "auto":
+        raise ConfigError("set engine.devices or engine.device, not both (devices = [...] replaces device)")
+    devices = devices if devices is not None else [device]
+    if not devices or any(not item.strip() for item in devices):
+        raise ConfigError('engine.devices must name at least one device, e.g. ["cuda:0", "cuda:1"] or ["auto"]')
+    if len(devices) > 1 and "auto" in devices:
+        raise ConfigError('engine.devices: "auto" picks one device; name each GPU instead, e.g. ["cuda:0", "cuda:1"]')
+    values["devices"] = [item.strip() for item in devices]
 
 
 def _check_dm_blocklist(values: dict[str, Any]) -> None:

@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import discord
 
 from bot.config import Config
+from bot.edit_pacing import ProgressPacer
 from bot.posting import (
     BROKEN_REASON,
     FORBIDDEN_REASON,
@@ -67,6 +67,7 @@ class Delivery:
         self.config = config
         self.clock = clock  # wall-clock time of job records
         self.external_wait = external_wait or _no_external_wait  # simcord's in tests: retry waits are declared
+        self.pacer = ProgressPacer(config.imagine.progress_interval)
         self.poster = ResultPoster(client, config, sleep=lambda: self._retry_sleep)
         self._tasks: set[asyncio.Task] = set()  # status clean-ups and resumed postings that wait on Discord
 
@@ -135,17 +136,16 @@ class Delivery:
         log.warning("job %s: its status message could not be ended; the next start-up tries again", job_id)
 
     def progress_handler(self, job: JobRecord) -> Callable[[Progress], Awaitable[None]]:
-        """Edits the status message at most every `progress_interval` seconds (Discord rate-limits edits)."""
-        interval = self.config.imagine.progress_interval
-        last_edit = 0.0
+        """Edits the status message at most every `progress_interval` seconds, less often while other jobs of
+        the channel show progress too (bot/edit_pacing.py: Discord rate-limits edits per channel)."""
         channel_nsfw = channel_is_nsfw(self.client, job.channel_id)
 
         async def on_progress(progress: Progress) -> None:
-            nonlocal last_edit
-            now = time.monotonic()
-            if progress.step >= progress.total or now - last_edit < interval:
+            if progress.step >= progress.total:
+                self.pacer.done(job.channel_id, job.id)
                 return
-            last_edit = now
+            if not self.pacer.may_edit(job.channel_id, job.id):
+                return
             shown = progress.preview_jpeg if preview_allowed(progress.preview_nsfw, channel_nsfw=channel_nsfw) else None
             bar = "█" * round(10 * progress.step / progress.total)
             content = f"Generating… step {progress.step}/{progress.total} `{bar:░<10}` (job `{job.id}`)"

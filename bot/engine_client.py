@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from bot.engine_env import Watchdog, engine_environment
+from bot.engine_state import EngineState
 from engine import protocol
 from engine.jobspec import EngineOptions
 from engine.protocol import Cancel, Failure, FailureKind, GpuDone, Heartbeat, Job, Progress, Ready, Result, Shutdown
@@ -65,8 +66,11 @@ class EngineClient:
         watchdog: Watchdog | None = None,
         env: dict[str, str] | None = None,
         command: list[str] | None = None,  # tests: another command line (default: `python -m engine serve`)
+        name: str = "",  # one engine of several: its log lines say which ("bot.engine.cuda:1")
     ):
         self.options = options
+        self.log = log.getChild(name) if name else log
+        self.engine_log = engine_log.getChild(name) if name else engine_log
         options_json = json.dumps(options.to_dict(), separators=(",", ":"))
         self.command = command or [sys.executable, "-m", "engine", "serve", "--options", options_json]
         self.env = engine_environment(extra=env)
@@ -87,6 +91,11 @@ class EngineClient:
         self._tasks: set[asyncio.Task] = set()
         self._closing = False
         self._send_lock = asyncio.Lock()
+        self.on_change: Callable[[], None] | None = None  # an EnginePool's: ready, GPU freed, or gone
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     # -- lifetime -----------------------------------------------------------------------------
 
@@ -107,7 +116,7 @@ class EngineClient:
             env=self.env,
             limit=2**20,
         )
-        log.info("engine started (pid %s): %s", self.process.pid, " ".join(self.command[1:]))
+        self.log.info("engine started (pid %s): %s", self.process.pid, " ".join(self.command[1:]))
         self._spawn_task(self._read_frames(self.process))
         self._spawn_task(self._relay_log(self.process))
 
@@ -138,6 +147,10 @@ class EngineClient:
     @property
     def busy(self) -> bool:
         return self._on_gpu is not None
+
+    def engines(self) -> list[EngineState]:
+        device = self.ready_info.device if self.ready_info else ""
+        return [EngineState(self.options.device, device, self.status, self.busy)]
 
     async def close(self) -> None:
         self._closing = True
@@ -229,6 +242,7 @@ class EngineClient:
         if self._on_gpu == job_id:
             self._on_gpu = None
             self._gpu_free.set()
+            self._changed()
 
     # -- the watchdog -------------------------------------------------------------------------
 
@@ -247,7 +261,7 @@ class EngineClient:
                 if now - flight.sent > flight.limit_s:
                     reason = f"job {flight.job_id} ran {now - flight.sent:.0f} s, over its {flight.limit_s:.0f} s limit"
             if reason:
-                log.error("the engine looks hung (%s); killing it (pid %s)", reason, process.pid)
+                self.log.error("the engine looks hung (%s); killing it (pid %s)", reason, process.pid)
                 self._kill_reason = reason
                 process.kill()
 
@@ -258,7 +272,7 @@ class EngineClient:
             while (message := await protocol.read_message_async(process.stdout)) is not None:
                 await self._dispatch(message)
         except protocol.ProtocolError:
-            log.exception("engine sent a corrupt frame; killing it")
+            self.log.exception("engine sent a corrupt frame; killing it")
             process.kill()
         await process.wait()
         self._on_exit(process)
@@ -268,21 +282,22 @@ class EngineClient:
             self.ready_info = message
             self.failed_starts = 0
             self._ready.set()
-            log.info("engine ready on %s with %s models", message.device, message.weights)
+            self._changed()
+            self.log.info("engine ready on %s with %s models", message.device, message.weights)
             return
         if isinstance(message, Failure) and not message.job_id:
             if message.kind == FailureKind.MISSING_WEIGHTS:
                 self.fatal = message.message
-            log.error("engine cannot start: %s", message.message)
+            self.log.error("engine cannot start: %s", message.message)
             return
         if not isinstance(message, Progress | GpuDone | Heartbeat | Result | Failure):
-            log.warning("unexpected %s message from the engine", type(message).__name__)
+            self.log.warning("unexpected %s message from the engine", type(message).__name__)
             return
         flight = self._inflight.get(message.job_id)
         if isinstance(message, GpuDone | Result | Failure):
             self._free_gpu(message.job_id)
         if flight is None:
-            log.warning("engine message for job %s, which is not in flight", message.job_id)
+            self.log.warning("engine message for job %s, which is not in flight", message.job_id)
             return
         flight.heard = time.perf_counter()
         if isinstance(message, Progress) and flight.on_progress is not None:
@@ -291,7 +306,7 @@ class EngineClient:
                 if asyncio.iscoroutine(outcome):
                     await outcome
             except Exception:
-                log.exception("progress handler failed for job %s", message.job_id)
+                self.log.exception("progress handler failed for job %s", message.job_id)
         elif isinstance(message, Result | Failure):
             del self._inflight[message.job_id]
             self._cancelled.discard(message.job_id)
@@ -301,7 +316,7 @@ class EngineClient:
     def _on_exit(self, process: asyncio.subprocess.Process) -> None:
         hung, self._kill_reason = self._kill_reason, None
         level = logging.INFO if self._closing else logging.ERROR
-        log.log(level, "engine exited with code %s%s", process.returncode, f" (killed: {hung})" if hung else "")
+        self.log.log(level, "engine exited with code %s%s", process.returncode, f" (killed: {hung})" if hung else "")
         if self.ready_info is None:
             self.failed_starts += 1
         self.ready_info = None
@@ -317,14 +332,15 @@ class EngineClient:
         self._gpu_free.set()
         if self.fatal:
             self._ready.set()  # wake waiters: they raise EngineUnavailable with the reason
-        elif not self._closing:
+        self._changed()
+        if not self.fatal and not self._closing:
             self._spawn_task(self._restart())
 
     async def _restart(self) -> None:
         # The first restart after a crash waits least; each start that fails in a row waits longer, up to the cap.
         delay = self.restart_backoff[min(self.failed_starts, len(self.restart_backoff) - 1)]
         level = logging.CRITICAL if self.failed_starts >= self.max_failed_starts else logging.WARNING
-        log.log(level, "restarting the engine in %.1f s (%d failed start(s) in a row)%s", delay, self.failed_starts,
+        self.log.log(level, "restarting the engine in %.1f s (%d failed start(s) in a row)%s", delay, self.failed_starts,
                 "; the operator needs to look at the engine's log above" if level == logging.CRITICAL else "")  # fmt: skip
         await asyncio.sleep(delay)
         if self._closing:
@@ -332,7 +348,7 @@ class EngineClient:
         try:
             await self._spawn()
         except OSError:  # no interpreter, too many open files: a start that failed too
-            log.exception("could not start the engine process")
+            self.log.exception("could not start the engine process")
             self.failed_starts += 1
             self._spawn_task(self._restart())
 
@@ -345,7 +361,7 @@ class EngineClient:
             for line in lines:
                 text = line.decode(errors="replace").rstrip()
                 if text:
-                    engine_log.log(logging.INFO if " engine." in text else logging.DEBUG, "%s", text)
+                    self.engine_log.log(logging.INFO if " engine." in text else logging.DEBUG, "%s", text)
 
 
 def _stdin(process: asyncio.subprocess.Process | None) -> asyncio.StreamWriter:

@@ -127,8 +127,11 @@ class JobService:
         if self.engine.status == "restarting":
             return "unknown: the image engine is restarting"
         now = time.monotonic()
-        remaining = max((r.estimate - (now - r.started) for r in self.running.values()), default=0.0)
-        return format_eta(self.estimator.eta(self.queue, job_id, max(remaining, 0.0)))
+        remainders = [max(r.estimate - (now - r.started), 0.0) for r in self.running.values()]
+        engines = sum(1 for engine in self.engine.engines() if engine.status == "ready")
+        if engines <= 1:
+            return format_eta(self.estimator.eta(self.queue, job_id, max(remainders, default=0.0)))
+        return format_eta(self.estimator.eta(self.queue, job_id, sum(remainders), engines=engines))
 
     async def set_status_message(self, job_id: str, message_id: int) -> None:
         await self.store.update_job(job_id, status_message_id=message_id)

@@ -74,6 +74,9 @@ class JobQueue(abc.ABC):
         """A user's queued jobs (every guild and DMs) in dispatch order."""
         return [job for job in self.ordered() if job.user_id == user_id]
 
+    def queued(self, job_id: str) -> QueuedJob | None:
+        return next((job for job in self.ordered() if job.job_id == job_id), None)
+
     def costs_through(self, job_id: str) -> dict[str, float] | None:
         """Cost per kind of the jobs dispatched before job_id and of job_id itself; None if not queued."""
         totals: dict[str, float] = {}
@@ -163,6 +166,9 @@ class FairQueue(JobQueue):
         mine = [job for guild in self._rotation.guilds.values() if (u := guild.users.get(user_id)) for job in u.jobs]
         return sorted(mine, key=self._rotation.position)
 
+    def queued(self, job_id: str) -> QueuedJob | None:
+        return self._jobs.get(job_id)
+
     def costs_through(self, job_id: str) -> dict[str, float] | None:
         job = self._jobs.get(job_id)
         return None if job is None else self._rotation.costs_through(job)
@@ -213,12 +219,20 @@ class DurationEstimator:
     def estimate(self, kind: str, cost: float) -> float:
         return self._seconds_per_cost.get(kind, self.UNKNOWN_KIND_PRIOR) * max(cost, 0.0)
 
-    def eta(self, queue: JobQueue, job_id: str, running_remaining: float = 0.0) -> float | None:
-        """Seconds until job_id finishes: the running job's remainder, every job ahead, then its own run."""
+    def eta(self, queue: JobQueue, job_id: str, running_remaining: float = 0.0, *, engines: int = 1) -> float | None:
+        """Seconds until job_id finishes: the running jobs' remainder, every job ahead, then its own run.
+
+        With several engines the remainder (the running jobs' summed) and the jobs ahead are shared
+        out between them; its own run still takes its whole time on one."""
         costs = queue.costs_through(job_id)
         if costs is None:
             return None
-        return max(running_remaining, 0.0) + sum(self.estimate(kind, cost) for kind, cost in costs.items())
+        through = sum(self.estimate(kind, cost) for kind, cost in costs.items())
+        if engines <= 1:
+            return max(running_remaining, 0.0) + through
+        job = queue.queued(job_id)
+        own = self.estimate(job.kind, job.cost) if job is not None else 0.0
+        return (max(running_remaining, 0.0) + through - own) / engines + own
 
 
 def format_eta(seconds: float | None) -> str:

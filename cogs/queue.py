@@ -8,6 +8,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.engine_state import describe_engines
 from bot.render import escaped
 from bot.settings import SETTINGS, describe
 from bot.status_view import CancelButton
@@ -48,7 +49,7 @@ class QueueCommands(commands.Cog):
                 button = CancelButton(queued.job_id)
                 button.item.label = f"Cancel {queued.job_id[:6]}"
                 view.add_item(button)
-        summary = f"{len(jobs.queue)} job(s) queued in all."
+        summary = f"{len(jobs.queue)} job(s) queued in all. {describe_engines(jobs.engine.engines())}."
         if not lines:
             await interaction.response.send_message(f"You have no jobs waiting. {summary}", ephemeral=True)
             return
@@ -105,6 +106,7 @@ class QueueCommands(commands.Cog):
         enabled = ", ".join(f"/{c}" for c in rules["commands"]) or "none"
         embed.add_field(name="Enabled here", value=enabled)
         embed.add_field(name="Default model", value=rules["default_model"])
+        embed.add_field(name="GPU engines", value=shorten(describe_engines(self.bot.jobs.engine.engines()), 1024))
         embed.add_field(name="Control modes", value=", ".join(offered_modes(self.bot)) or "none right now")
         loras = installed_loras(self.bot.config.lora_path)
         embed.add_field(

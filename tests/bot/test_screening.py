@@ -5,6 +5,7 @@ posted in an age-restricted one, spoilered under `nsfw = spoiler`; flagged previ
 from __future__ import annotations
 
 import io
+import time
 from pathlib import Path
 
 import pytest
@@ -147,6 +148,7 @@ async def test_a_flagged_preview_is_not_shown_outside_age_restricted_channels(en
 
         age_restrict(world, world.channel)
         on_progress = world.bot.jobs.delivery.progress_handler(job)
+        time.sleep(0.02)  # past the progress interval (0.01 s of real time) since the last edit
         await on_progress(Progress(job.id, 2, 4, jpeg, preview_nsfw=score))
         await world.env.settle()
         shown = [m for m in world.channel.history() if m.id == status.id][0]
