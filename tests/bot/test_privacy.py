@@ -151,3 +151,17 @@ async def test_a_button_whose_job_is_not_this_messages_is_refused(engine_client,
             clicked = await world.alice.click(crafted, label=label)
             assert clicked.ephemeral and "does not belong to this message" in clicked.response.content, label
         assert await world.bot.store.get_job(second.id) is not None
+
+
+async def test_a_result_that_cannot_be_stored_fails_clearly_and_the_bot_carries_on(engine_client, tmp_path):
+    async with discord_world(engine_client, tmp_path) as world:
+        world.bot.jobs.pause()
+        await world.imagine(world.alice, prompt="a bird", steps=2)  # goes to the idle engine at once
+        _, held = await world.imagine(world.alice, prompt="a cat", steps=2)
+        (tmp_path / "results" / f"{held}-0.png").mkdir()  # its file cannot be written
+        world.bot.jobs.resume()
+        failed = await world.wait_job(held)
+        assert failed.state == "failed" and "could not store the image" in failed.error
+        assert any("that failed: the bot could not store the image" in text for text in world.contents_sent())
+        job, _ = await result_of(world, world.alice, "a dog")  # the next job is fine
+        assert len(files_of(world.bot.store, job.id)) == 1
