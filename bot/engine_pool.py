@@ -51,10 +51,6 @@ class EnginePool:
     async def close(self) -> None:
         await asyncio.gather(*(client.close() for client in self.clients))
 
-    def kill(self) -> None:
-        for client in self.clients:
-            client.kill()
-
     async def wait_ready(self, timeout: float | None = None) -> Ready:
         """Until the first engine is ready; EngineUnavailable once every one of them is down."""
         async with asyncio.timeout(timeout):
@@ -98,14 +94,11 @@ class EnginePool:
                 return status
         return "down"
 
-    @property
-    def busy(self) -> bool:
-        return all(client.busy for client in self.clients if client.is_ready)
-
     def engines(self) -> list[EngineState]:
         return [
-            EngineState(name, client.ready_info.device if client.ready_info else "", client.status, client.busy)
+            replace(state, name=name)
             for name, client in zip(self.names, self.clients, strict=True)
+            for state in client.engines()
         ]
 
     # -- jobs ---------------------------------------------------------------------------------
@@ -150,14 +143,6 @@ class EnginePool:
             del self._running_on[job_id]
         if not future.cancelled() and future.exception() is None:  # not an engine death: no retry follows
             self._cancelled.pop(job_id, None)
-
-    async def run(self, job: Job, on_progress: ProgressHandler | None = None) -> Outcome:
-        future = await self.submit(job, on_progress)
-        try:
-            return await future
-        except asyncio.CancelledError:
-            await self.abandon(job.job_id)
-            raise
 
     async def cancel(self, job_id: str) -> None:
         """Stop `job_id` where it runs; if no engine has it yet (or a retry comes after a crash), none will take it."""
