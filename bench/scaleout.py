@@ -66,7 +66,11 @@ async def feed(engine: RemoteEngine, jobs: list[Job], sent: dict[str, float]) ->
         await engine.wait_gpu_free()
         sent[one.job_id] = time.time()
         futures.append(await engine.submit(one))
-    outcomes = await asyncio.gather(*futures)
+    try:
+        outcomes = await asyncio.wait_for(asyncio.gather(*futures), 120)
+    except TimeoutError:
+        waiting = [one.job_id for one, future in zip(jobs, futures, strict=True) if not future.done()]
+        raise TimeoutError(f"no answer within 120 s for {waiting}; workers: {engine.workers}") from None
     assert all(isinstance(o, Result) for o in outcomes), outcomes
     return time.perf_counter() - began
 
@@ -133,6 +137,7 @@ def main() -> int:
     parser.add_argument("--json", required=True, help="write the numbers here")
     parser.add_argument("--quick", action="store_true", help="1 and 2 workers, a few jobs each (under 3 minutes)")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `timeout` stops it: still stop the workers
     numbers = asyncio.run(bench(args.quick))
     Path(args.json).write_text(json.dumps(numbers, indent=2) + "\n")
     print(json.dumps(numbers, indent=2))

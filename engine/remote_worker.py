@@ -78,10 +78,12 @@ class RemoteWorker:
             await self.engine.close()
             return 3
         log.info("worker %s ready on %s (%s models)", self.name, self.ready.device, self.ready.weights)
-        heartbeat = asyncio.create_task(self._heartbeat_loop())
+        stopped = asyncio.Event()
+        heartbeat = asyncio.create_task(self._heartbeat_loop(stopped))
         try:
             await self._job_loop()
         finally:
+            stopped.set()
             heartbeat.cancel()
             with contextlib.suppress(BaseException):
                 await heartbeat
@@ -93,10 +95,11 @@ class RemoteWorker:
 
     # -- registration ---------------------------------------------------------------------------
 
-    async def _heartbeat_loop(self) -> None:
-        while True:
+    async def _heartbeat_loop(self, stopped: asyncio.Event) -> None:
+        while not stopped.is_set():  # an Event too, not only cancel(): see _run_guarded
             await self._beat()
-            await asyncio.sleep(self.heartbeat_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopped.wait(), self.heartbeat_s)
 
     async def _beat(self) -> None:
         assert self.redis is not None and self.ready is not None
@@ -188,21 +191,26 @@ class RemoteWorker:
             with contextlib.suppress(Exception):
                 await self._add_event(job.job_id, "progress", progress, run=tags["run"])
 
-        guard = asyncio.create_task(self._guard(entry_id, job.job_id, tags["run"]))
+        # The guard stops on `done`, not only on cancel(): redis-py can swallow a cancellation that lands
+        # inside a command (redis/redis-py#2028, #2551), and a guard that outlived its job would keep the
+        # claim fresh and hold this worker forever.
+        done = asyncio.Event()
+        guard = asyncio.create_task(self._guard(entry_id, job.job_id, tags["run"], done))
         try:
             return await self.engine.run(job, on_progress)
         finally:
+            done.set()
             guard.cancel()
             with contextlib.suppress(BaseException):
                 await guard
 
-    async def _guard(self, entry_id: str, job_id: str, run: str) -> None:
+    async def _guard(self, entry_id: str, job_id: str, run: str, done: asyncio.Event) -> None:
         """While the job runs: keep the claim fresh, and pass a cancel on to the engine."""
         assert self.redis is not None and self.engine is not None
         refresh_every = max(self.lease_s / 3, 0.05)
         next_refresh = 0.0
         server = await self._server_id()
-        while True:
+        while not done.is_set():
             now = time.monotonic()
             try:
                 if now >= next_refresh:
@@ -221,7 +229,8 @@ class RemoteWorker:
                     return
             except Exception as exc:
                 log.warning("job %s: Redis check failed (%s)", job_id, exc)
-            await asyncio.sleep(min(self.cancel_poll_s, refresh_every))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), min(self.cancel_poll_s, refresh_every))
 
     async def _server_id(self) -> str:
         """The Redis server's run_id: a new one means it restarted (and, without persistence, forgot)."""
