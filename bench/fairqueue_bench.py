@@ -26,7 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bot.queue import DurationEstimator, FairQueue, QueuedJob  # noqa: E402
+from bot.eta import DurationEstimator  # noqa: E402
+from bot.queue import FairQueue, QueuedJob  # noqa: E402
 
 KINDS = ("txt2img", "txt2img", "img2img", "control", "upscale")
 

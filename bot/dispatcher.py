@@ -20,7 +20,8 @@ from typing import Any
 
 from bot.delivery import Delivery
 from bot.engine_client import EngineDead, EngineUnavailable
-from bot.queue import DurationEstimator, JobQueue, QueuedJob
+from bot.eta import DurationEstimator, save_speed_figure
+from bot.queue import JobQueue, QueuedJob
 from bot.store import JobRecord, JobState, JobStore
 from engine.jobspec import JobKind
 from engine.protocol import Failure, FailureKind, Job, Result
@@ -120,6 +121,7 @@ class Dispatcher:
         if unavailable is not None:
             await self._end(job, Failure(job.id, FailureKind.MISSING_WEIGHTS, unavailable))
             return
+        self.estimator.follow(self.engine.ready_info)
         estimate = self.estimator.estimate(job.kind, self.cost_of(job))
         self.running[job.id] = RunningJob(job.id, time.monotonic(), estimate)
         input_image = await asyncio.to_thread(Path(job.input_path).read_bytes) if job.input_path else None
@@ -188,9 +190,19 @@ class Dispatcher:
             await self.delivery.show_end(job.id)
             return
         self.mark(job.id, "result")
-        self.estimator.record(job.kind, self.cost_of(job), outcome.timings.get("total", 0.0))
+        await self._record_speed(job, outcome.timings.get("total", 0.0))
         await self.delivery.deliver(job, outcome)
         self.mark(job.id, "posted")
+
+    async def _record_speed(self, job: JobRecord, seconds: float) -> None:
+        profile = self.estimator.profile
+        figure = self.estimator.record(job.kind, self.cost_of(job), seconds)
+        if figure is None:
+            return
+        try:  # an ETA figure is not worth failing a delivery for
+            await save_speed_figure(self.store, profile, job.kind, figure)
+        except Exception as exc:
+            log.warning("could not keep the speed figure for %s (%s)", job.kind, exc)
 
     def _channel_lock(self, channel_id: int) -> asyncio.Lock:
         lock = self._channel_order.get(channel_id)

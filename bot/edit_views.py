@@ -3,7 +3,7 @@ the ControlNet (engine/jobspec.py ZOOM and PAN jobs). What they make gets the wh
 
 Zoom keeps the image's size: the source shrinks into the centre and the border is drawn. Pan
 grows the canvas by half the image in one direction; where that passes the size limit the image
-is scaled down first, and the queued message says so.
+(the engine's, or the server's largest image) is scaled down first, and the queued message says so.
 """
 
 from __future__ import annotations
@@ -49,17 +49,24 @@ async def queue_zoom(
 
 async def queue_pan(interaction: discord.Interaction, job: JobRecord, source: ResultImage, direction: str) -> None:
     width, height = source.spec.width, source.spec.height
-    # The engine's limits, as its resolve uses: a server's tighter size limit refuses, naming itself.
-    out_width, out_height, scaled = pan_size(width, height, direction, bot_of(interaction).jobs.limits)
+    bot = bot_of(interaction)
+    # The engine's limits, as its resolve uses, narrowed to this server's largest image: the pan scales
+    # the image down to fit either, rather than being refused for the server's limit.
+    server_pixels = int((await bot.guild_settings.get(interaction.guild_id, "max_megapixels")) * 1e6)
+    bound = server_pixels if server_pixels < bot.jobs.limits.max_pixels else 0
+    limits = replace(bot.jobs.limits, max_pixels=bound) if bound else bot.jobs.limits
+    out_width, out_height, scaled = pan_size(width, height, direction, limits)
+    by_server = scaled and not pan_size(width, height, direction, bot.jobs.limits)[2]
     spec = replace(
         _edit_spec(job, source, job.spec.prompt, kind=JobKind.PAN, pan_direction=direction),
-        width=out_width, height=out_height, input_width=width, input_height=height,
+        width=out_width, height=out_height, input_width=width, input_height=height, max_pixels=bound,
     )  # fmt: skip
     extras = JobExtras(source_job=job.id, source_index=source.idx, operation="pan")
     notes = []
     if scaled:
         notes.append(
-            f"The image is at the size limit: it was scaled down before panning, so the result is "
+            f"The image is at the size limit{' of this server' if by_server else ''}: "
+            f"it was scaled down before panning, so the result is "
             f"{out_width}×{out_height} rather than half again as {'wide' if direction in ('left', 'right') else 'tall'}."
         )
     label = f"Pan {direction} of image {source.idx + 1} queued"

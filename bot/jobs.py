@@ -21,9 +21,10 @@ from bot.delivery import Delivery
 from bot.dispatcher import Dispatcher, RunningJob
 from bot.engine_client import EngineClient
 from bot.errors import Refused
-from bot.queue import DurationEstimator, FairQueue, QueuedJob, QueueFull, format_eta
+from bot.eta import DurationEstimator, format_eta, job_cost, load_speed_figures
+from bot.queue import FairQueue, QueuedJob, QueueFull
 from bot.store import FINAL_STATES, JobRecord, JobState, JobStore, new_job_id
-from engine.jobspec import BadInput, JobSpec, Limits, resolve
+from engine.jobspec import BadInput, Limits, resolve
 
 if TYPE_CHECKING:
     from bot.config import Config
@@ -39,11 +40,6 @@ class Submitted:
     job: JobRecord
     position: int
     eta: str
-
-
-def job_cost(spec: JobSpec) -> float:
-    """Relative work of a job for ETAs: megapixels x steps x images, 1.0 = one 1 MP 8-step image."""
-    return spec.width * spec.height / 2**20 * (spec.steps or 8) * spec.count / 8
 
 
 async def _no_external_wait(awaitable: Awaitable[Any], reason: str) -> Any:
@@ -126,6 +122,7 @@ class JobService:
     def eta_text(self, job_id: str) -> str:
         if self.engine.status == "restarting":
             return "unknown: the image engine is restarting"
+        self.estimator.follow(self.engine.ready_info)
         now = time.monotonic()
         remainders = [max(r.estimate - (now - r.started), 0.0) for r in self.running.values()]
         engines = sum(1 for engine in self.engine.engines() if engine.status == "ready")
@@ -159,7 +156,8 @@ class JobService:
     # -- the dispatcher (bot/dispatcher.py) --------------------------------------------------
 
     async def recover(self) -> int:
-        """After a restart: put interrupted and queued jobs back, oldest first."""
+        """After a restart: the last run's speed figures back, interrupted and queued jobs back, oldest first."""
+        self.estimator.load(await load_speed_figures(self.store))
         jobs = await self.store.requeue_interrupted()
         self.queue.restore([QueuedJob(j.id, j.user_id, j.guild_id, j.kind, job_cost(j.spec)) for j in jobs])
         if jobs:

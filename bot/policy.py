@@ -14,8 +14,8 @@ from typing import Any
 import discord
 
 from bot.errors import Refused
+from bot.eta import format_eta
 from bot.prompt_filter import check_prompt
-from bot.queue import format_eta
 from bot.settings import GuildSettings
 from engine.jobspec import MODEL_DEFAULTS, JobKind, JobSpec, ModelName
 

@@ -1,4 +1,4 @@
-"""Fair scheduling in front of the single GPU engine, plus ETA estimates.
+"""Fair scheduling in front of the GPU engines (ETAs: bot/eta.py).
 
 The queue holds job ids and the little it needs for fairness; job state lives in SQLite. Dispatch is
 round-robin across guilds, then across users inside a guild, FIFO within one user. All DMs share one
@@ -198,52 +198,3 @@ class FairQueue(JobQueue):
             del self._per_user[job.user_id]
         if not self._jobs:
             self._not_empty.clear()
-
-
-class DurationEstimator:
-    """Moving average of seconds per unit of cost, per job kind (exponential, alpha 0.3), with sensible priors."""
-
-    ALPHA = 0.3
-    DEFAULT_PRIORS = {"txt2img": 1.0, "img2img": 1.0, "control": 1.5, "upscale": 1.0}
-    UNKNOWN_KIND_PRIOR = 1.0
-
-    def __init__(self, priors: dict[str, float] | None = None):
-        self._seconds_per_cost = {**self.DEFAULT_PRIORS, **(priors or {})}
-
-    def record(self, kind: str, cost: float, seconds: float) -> None:
-        if cost <= 0 or seconds < 0:
-            return  # a zero-cost or bogus sample says nothing about speed
-        previous = self._seconds_per_cost.get(kind, self.UNKNOWN_KIND_PRIOR)
-        self._seconds_per_cost[kind] = previous + self.ALPHA * (seconds / cost - previous)
-
-    def estimate(self, kind: str, cost: float) -> float:
-        return self._seconds_per_cost.get(kind, self.UNKNOWN_KIND_PRIOR) * max(cost, 0.0)
-
-    def eta(self, queue: JobQueue, job_id: str, running_remaining: float = 0.0, *, engines: int = 1) -> float | None:
-        """Seconds until job_id finishes: the running jobs' remainder, every job ahead, then its own run.
-
-        With several engines the remainder (the running jobs' summed) and the jobs ahead are shared
-        out between them; its own run still takes its whole time on one."""
-        costs = queue.costs_through(job_id)
-        if costs is None:
-            return None
-        through = sum(self.estimate(kind, cost) for kind, cost in costs.items())
-        if engines <= 1:
-            return max(running_remaining, 0.0) + through
-        job = queue.queued(job_id)
-        own = self.estimate(job.kind, job.cost) if job is not None else 0.0
-        return (max(running_remaining, 0.0) + through - own) / engines + own
-
-
-def format_eta(seconds: float | None) -> str:
-    """Rough human wording: "~5 s", "~2 min", "~1 h 5 min"; None -> "unknown"."""
-    if seconds is None:
-        return "unknown"
-    whole_seconds = max(1, round(seconds))
-    if whole_seconds < 60:
-        return f"~{whole_seconds} s"
-    minutes = round(whole_seconds / 60)
-    if minutes < 60:
-        return f"~{minutes} min"
-    hours, minutes = divmod(minutes, 60)
-    return f"~{hours} h" if minutes == 0 else f"~{hours} h {minutes} min"

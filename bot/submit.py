@@ -17,9 +17,9 @@ import discord
 
 from bot.attachments import InputImage, prepare_image
 from bot.errors import Refused
+from bot.eta import format_eta, job_cost
 from bot.offload import off_loop
 from bot.orphans import NO_STATUS, cancel_job
-from bot.queue import format_eta
 from bot.status_view import status_view
 from bot.store import JobExtras, StorageError
 from engine.jobspec import BadInput, JobKind, JobSpec, resolve
@@ -103,8 +103,6 @@ def eta_of(bot: ZImageBot, submitted: Submitted) -> str:
     queue gives no ETA: then only its own run remains."""
     if submitted.eta != format_eta(None):
         return submitted.eta
-    from bot.jobs import job_cost  # bot.jobs imports (through delivery and views) this module
-
     return format_eta(bot.jobs.estimator.estimate(submitted.job.kind, job_cost(submitted.job.spec)))
 
 

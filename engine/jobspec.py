@@ -176,6 +176,7 @@ class JobSpec:
     zoom_factor: float = 0.0  # zoom: ZOOM_FACTOR_RANGE; width x height is the output (the source's size)
     pan_direction: str = ""  # pan: PAN_DIRECTIONS; width x height is set from input_* by pan_size
     region: str = ""  # inpaint without a mask: INPAINT_REGIONS
+    max_pixels: int = 0  # zoom, pan, inpaint: a size bound under the engine's (a server's largest image); 0: none
 
     @property
     def seeds(self) -> list[int]:
@@ -215,7 +216,7 @@ class JobSpec:
 
 _IMAGE_ONLY = ("control_mode", "control_strength", "canny_low", "canny_high")
 _UPSCALE_ONLY = ("scale", "refine", "input_width", "input_height")
-_EDIT_ONLY = ("zoom_factor", "pan_direction", "region")
+_EDIT_ONLY = ("zoom_factor", "pan_direction", "region", "max_pixels")
 _UNUSED_BY_KIND: dict[JobKind, tuple[str, ...]] = {
     JobKind.TXT2IMG: (*_IMAGE_ONLY, *_UPSCALE_ONLY, *_EDIT_ONLY, "denoise"),
     JobKind.IMG2IMG: (*_IMAGE_ONLY, *_UPSCALE_ONLY, *_EDIT_ONLY),
@@ -279,6 +280,11 @@ def resolve_control(spec: JobSpec, limits: Limits) -> JobSpec:
 
 def resolve_edit(spec: JobSpec, limits: Limits) -> JobSpec:
     """Zoom, pan and inpaint: their own rules and output size (engine/edits.py), then an image's, on Turbo."""
+    bound = int(spec.max_pixels)
+    if bound < 0:
+        raise BadInput(f"max_pixels must be 0 (the engine's limit) or more; got {bound}.")
+    if bound:  # the same narrowed limits on both sides: bot and engine compute the same canvas
+        limits = replace(limits, max_pixels=min(limits.max_pixels, bound))
     return _resolve_image(check_edit(spec, limits), limits, denoise=1.0)
 
 

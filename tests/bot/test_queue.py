@@ -7,7 +7,8 @@ import random
 
 import pytest
 
-from bot.queue import DurationEstimator, FairQueue, JobQueue, QueuedJob, QueueFull, format_eta
+from bot.eta import DurationEstimator, format_eta
+from bot.queue import FairQueue, JobQueue, QueuedJob, QueueFull
 
 G1, G2 = 101, 202
 ALICE, BOB, CAROL = 1, 2, 3
@@ -180,20 +181,8 @@ async def test_restore_wakes_a_waiting_get():
     assert (await asyncio.wait_for(waiter, 1)).job_id == "a1"
 
 
-def test_estimator_moving_average_moves_toward_recorded_durations():
-    estimator = DurationEstimator()
-    assert estimator.estimate("txt2img", 2.0) == pytest.approx(2.0)
-    assert estimator.estimate("control", 2.0) == pytest.approx(3.0)
-    estimator.record("txt2img", cost=2.0, seconds=20.0)  # 10 s per unit
-    assert estimator.estimate("txt2img", 1.0) == pytest.approx(1.0 + 0.3 * 9.0)
-    for _ in range(40):
-        estimator.record("txt2img", cost=2.0, seconds=20.0)
-    assert estimator.estimate("txt2img", 1.0) == pytest.approx(10.0, rel=1e-3)
-    assert estimator.estimate("upscale", 1.0) == pytest.approx(1.0)  # other kinds untouched
-
-
 async def test_eta_sums_running_remainder_jobs_ahead_and_own_run():
-    estimator = DurationEstimator(priors={"txt2img": 2.0, "upscale": 5.0})
+    estimator = DurationEstimator({"zimage@cuda": {"txt2img": 2.0, "upscale": 5.0}})
     queue = FairQueue()
     await queue.put(job("a1", ALICE, cost=1.0))
     await queue.put(job("a2", ALICE, cost=3.0))

@@ -153,3 +153,24 @@ async def test_pan_at_the_size_limit_says_the_image_was_scaled(engine_client, tm
         assert any("it was scaled down before panning" in text for text in world.contents_sent())
         assert queued.spec.width <= 2048 and (queued.spec.input_width, queued.spec.input_height) == (1376, 256)
         await world.wait_job(queued.id)
+
+
+@needs_edits
+async def test_pan_under_a_servers_tighter_size_limit_scales_rather_than_refuses(engine_client, tmp_path):
+    async with discord_world(engine_client, tmp_path) as world:
+        job, posted = await a_result(world)
+        width, height = 256, 256  # the stored result as a 256x256 image would be stored
+        await world.bot.store.add_results(
+            job.id, [encoded(noise((width, height)))], replace(job.spec, width=256, height=256)
+        )
+        # The server's largest image is this one: half again as wide would pass it.
+        limit_mp = width * height / 1e6
+        await world.bot.guild_settings.set(world.guild.id, "max_megapixels", f"{limit_mp:.6f}", world.mod.id)
+        world.bot.jobs.pause()
+        pan = await world.alice.click(posted, custom_id=f"zi:pan:{job.id}:right")
+        assert not pan.ephemeral, pan.response.content  # queued, not refused
+        queued = await world.bot.store.get_job(world.job_id(pan))
+        assert queued.spec.width * queued.spec.height <= limit_mp * 1e6
+        assert queued.spec.width > queued.spec.height * width / height  # still wider than the source
+        assert any("size limit of this server: it was scaled down" in text for text in world.contents_sent())
+        await world.bot.jobs.cancel(queued.id, world.alice.id)

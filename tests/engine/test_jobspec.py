@@ -163,10 +163,22 @@ def test_pan_at_the_size_limit_scales_the_image_first():
     assert pan_size(1000, 750, "right", limits) == (1520, 752, False)  # sides rounded to 16: not "scaled"
 
 
+def test_a_pan_under_a_tighter_pixel_bound_scales_to_it_the_same_on_both_sides():
+    limits = Limits()
+    pan = small(kind=JobKind.PAN, pan_direction="right", input_width=1024, input_height=1024, max_pixels=1_200_000)
+    spec = resolve(pan, limits)
+    assert spec.width * spec.height <= 1_200_000 and spec.width > spec.height
+    assert (spec.width, spec.height, True) == pan_size(1024, 1024, "right", replace(limits, max_pixels=1_200_000))
+    assert resolve(spec, limits) == spec  # the engine re-resolves what the bot sent: the same canvas
+    assert (resolve(replace(pan, max_pixels=0), limits).width, spec.height) != (spec.width, spec.height)
+    with pytest.raises(BadInput, match="max_pixels"):
+        resolve(replace(pan, max_pixels=-1), limits)
+
+
 def test_edit_fields_stay_out_of_other_kinds_records():
     for spec in (small(), small(kind=JobKind.CONTROL, control_mode="canny")):
         record = resolve(spec, TINY).record()
-        assert not {"zoom_factor", "pan_direction", "region"} & record.keys()
+        assert not {"zoom_factor", "pan_direction", "region", "max_pixels"} & record.keys()
     zoom = resolve(small(kind=JobKind.ZOOM, zoom_factor=2), TINY).record()
     assert zoom["zoom_factor"] == 2.0 and "pan_direction" not in zoom and "input_width" not in zoom
     old = {"kind": "txt2img", "prompt": "a cat", "width": 64, "height": 64}  # stored before these fields existed
