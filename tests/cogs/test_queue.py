@@ -8,7 +8,8 @@ async def test_fair_order_a_queues_three_b_queues_one_and_runs_second(engine_cli
         world.bot.jobs.pause()  # A's first job goes to the GPU at once; the rest wait
         a_jobs = [(await world.imagine(world.alice, prompt=f"a cat {i}", seed=i, steps=2))[1] for i in range(3)]
         b_result, b_job = await world.imagine(world.bob, prompt="a dog", seed=9, steps=2)
-        assert world.contents_sent()[-1].startswith("Queued — position 1,")  # B jumps ahead of A's 2nd and 3rd
+        b_queued = next(text for text in world.contents_sent() if b_job in text and text.startswith("Queued"))
+        assert b_queued.startswith("Queued — position 1,")  # B jumps ahead of A's 2nd and 3rd
         world.bot.jobs.resume()
         finished = [await world.wait_job(job_id) for job_id in [*a_jobs, b_job]]
         order = [job.id for job in sorted(finished, key=lambda job: job.started_at)]
