@@ -98,8 +98,10 @@ async def test_a_large_control_image_is_decoded_once_and_stored_at_the_size_the_
 
 
 async def test_every_progress_edit_after_the_first_preview_still_shows_one(engine_client, tmp_path):
-    # A preview every 2nd step: the steps in between must not take the last preview away.
-    async with discord_world(engine_client, tmp_path, imagine={"preview_every": 2}) as world:
+    # A preview every 2nd step: the steps in between must not take the last preview away. Every step edits
+    # (a tiny model's step can take under the usual 10 ms interval, and a skipped step proves nothing).
+    imagine = {"preview_every": 2, "progress_interval": 1e-6}
+    async with discord_world(engine_client, tmp_path, imagine=imagine) as world:
         _, job_id = await world.imagine(world.alice, prompt="a red cat", seed=1, steps=6)
         job = await world.wait_job(job_id)
         assert job.state == "done"
