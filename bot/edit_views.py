@@ -15,7 +15,7 @@ from pathlib import Path
 
 import discord
 
-from bot.result_lookup import stored_image
+from bot.result_lookup import read_stored, stored_image
 from bot.status_view import ID
 from bot.store import JobExtras, JobRecord, ResultImage
 from bot.submit import bot_of, enqueue, refuse
@@ -43,7 +43,7 @@ async def queue_zoom(
     spec = _edit_spec(job, source, prompt or job.spec.prompt, kind=JobKind.ZOOM, zoom_factor=factor)
     extras = JobExtras(aspect=job.extras.aspect, source_job=job.id, source_index=source.idx, operation="zoom")
     label = f"Zoom out {factor:g}× of image {source.idx + 1} queued"
-    image = Path(source.path).read_bytes()
+    image = await read_stored(source.path)
     await enqueue(interaction, "imagine", spec, label, extras=extras, input_image=image)
 
 
@@ -70,7 +70,7 @@ async def queue_pan(interaction: discord.Interaction, job: JobRecord, source: Re
             f"{out_width}×{out_height} rather than half again as {'wide' if direction in ('left', 'right') else 'tall'}."
         )
     label = f"Pan {direction} of image {source.idx + 1} queued"
-    image = Path(source.path).read_bytes()
+    image = await read_stored(source.path)
     await enqueue(interaction, "imagine", spec, label, notes, extras=extras, input_image=image)
 
 

@@ -58,8 +58,8 @@ class DurationEstimator:
 
     ALPHA = 0.3
 
-    def __init__(self, saved: dict[str, dict[str, float]] | None = None, *, profile: str = DEFAULT_PROFILE):
-        self.measured: dict[str, dict[str, float]] = {name: dict(kinds) for name, kinds in (saved or {}).items()}
+    def __init__(self, profile: str = DEFAULT_PROFILE):
+        self.measured: dict[str, dict[str, float]] = {}
         self.profile = profile
 
     def load(self, saved: dict[str, dict[str, float]]) -> None:

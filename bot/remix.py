@@ -10,11 +10,10 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import discord
 
-from bot.result_lookup import GONE, command_of, finished_job, job_inputs
+from bot.result_lookup import GONE, command_of, finished_job, job_inputs, read_stored
 from bot.status_view import ID
 from bot.store import JobExtras, JobRecord, ResultImage
 from bot.submit import bot_of, enqueue, refuse
@@ -54,7 +53,7 @@ async def queue_variation(
 ) -> None:
     spec = vary_spec(job, variation, prompt, negative, seed)
     label = f"Variation ({variation.how}) of image {variation.source.idx + 1} queued"
-    image = Path(variation.source.path).read_bytes()
+    image = await read_stored(variation.source.path)
     await enqueue(interaction, "imagine", spec, label, extras=vary_extras(job, variation), input_image=image)
 
 
@@ -93,7 +92,7 @@ class RemixModal(discord.ui.Modal):
             await queue_variation(interaction, job, self.variation, prompt, negative, seed)
             return
         spec = replace(job.spec, prompt=prompt, negative_prompt=negative, seed=seed)
-        image, mask = job_inputs(bot_of(interaction).store, job)
+        image, mask = await job_inputs(bot_of(interaction).store, job)
         extras = replace(job.extras, style=None)  # the edited prompt is the final one
         await enqueue(
             interaction, command_of(job.kind), spec, "Remix queued", extras=extras, input_image=image, mask_image=mask

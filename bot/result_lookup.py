@@ -3,6 +3,7 @@ server) and the stored image it means; and what a job needs to be made again (it
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import discord
@@ -48,8 +49,17 @@ def command_of(kind: str) -> str:
     return "upscale" if kind == JobKind.UPSCALE else "imagine"
 
 
-def job_inputs(store: JobStore, job: JobRecord) -> tuple[bytes | None, bytes | None]:
+async def read_stored(path: str) -> bytes:
+    """A stored image's bytes, read off the event loop (a 4096² result is tens of MB)."""
+    return await asyncio.to_thread(Path(path).read_bytes)
+
+
+async def job_inputs(store: JobStore, job: JobRecord) -> tuple[bytes | None, bytes | None]:
     """The input image and inpaint mask stored with a job (a reroll or remix sends them again)."""
-    image = Path(job.input_path).read_bytes() if job.input_path and Path(job.input_path).exists() else None
     mask_path = store.mask_path(job.id)
-    return image, mask_path.read_bytes() if mask_path.exists() else None
+
+    def read() -> tuple[bytes | None, bytes | None]:
+        image = Path(job.input_path).read_bytes() if job.input_path and Path(job.input_path).exists() else None
+        return image, mask_path.read_bytes() if mask_path.exists() else None
+
+    return await asyncio.to_thread(read)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import replace
-from pathlib import Path
 
 import discord
 
@@ -17,7 +16,7 @@ from bot.edit_views import EDIT_ITEMS, edit_button_rows
 from bot.remix import RemixButton, Variation, open_remix, queue_variation, remix_mode
 from bot.render import info_embed
 from bot.reports import NOT_HERE, ModDeleteButton, ReportButton, clicked_on_its_result
-from bot.result_lookup import command_of, finished_job, job_inputs, stored_image
+from bot.result_lookup import command_of, finished_job, job_inputs, read_stored, stored_image
 from bot.status_view import ID, CancelButton
 from bot.store import JobExtras
 from bot.submit import bot_of, enqueue, enqueue_upscale
@@ -41,7 +40,7 @@ class RerollButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"zi:rer
             await open_remix(interaction, job)
             return
         # The same inputs (a /control image, an edit's source and mask) and settings, a new seed.
-        image, mask = job_inputs(bot_of(interaction).store, job)
+        image, mask = await job_inputs(bot_of(interaction).store, job)
         spec = replace(job.spec, seed=None)
         await enqueue(
             interaction, command_of(job.kind), spec, "Reroll queued", extras=job.extras, input_image=image,
@@ -102,7 +101,7 @@ class UpscaleButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"zi:up
             return
         spec = JobSpec(kind=JobKind.UPSCALE, prompt=job.spec.prompt, refine=False, denoise=0.0)
         extras = JobExtras(source_job=self.job_id, source_index=self.index, operation="upscale")
-        image, size = Path(stored.path).read_bytes(), (stored.spec.width, stored.spec.height)
+        image, size = await read_stored(stored.path), (stored.spec.width, stored.spec.height)
         await enqueue_upscale(interaction, image, size, spec, auto_scale=True, extras=extras)
 
 

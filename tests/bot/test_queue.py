@@ -182,7 +182,8 @@ async def test_restore_wakes_a_waiting_get():
 
 
 async def test_eta_sums_running_remainder_jobs_ahead_and_own_run():
-    estimator = DurationEstimator({"zimage@cuda": {"txt2img": 2.0, "upscale": 5.0}})
+    estimator = DurationEstimator()
+    estimator.load({"zimage@cuda": {"txt2img": 2.0, "upscale": 5.0}})
     queue = FairQueue()
     await queue.put(job("a1", ALICE, cost=1.0))
     await queue.put(job("a2", ALICE, cost=3.0))
