@@ -44,10 +44,14 @@ class ZImageTree(app_commands.CommandTree):
         return False
 
 
-class ZImageBot(commands.Bot):
+class ZImageBot(commands.AutoShardedBot):
+    """One process for every shard: the job store, the fair queue and the engines are shared by all of them
+    (a small bot gets one shard, as with commands.Bot)."""
+
     def __init__(self, config: Config, store: JobStore, engine: EngineClient, external_wait: ExternalWait | None):
         intents = discord.Intents.default()  # slash commands and buttons need no privileged intents
         super().__init__(
+            shard_count=config.discord.shards or None,  # None: Discord's recommendation (GET /gateway/bot)
             command_prefix=commands.when_mentioned,
             intents=intents,
             help_command=None,

@@ -22,6 +22,9 @@ class ConfigError(Exception):
 @dataclass
 class DiscordConfig:
     dev_guild_id: int = 0  # sync commands to this guild only (instant); 0 = globally
+    # Gateway shards, all in this one process (Discord requires sharding from 2,500 servers on):
+    # 0 = as many as Discord recommends for the bot's server count (1 for a small bot).
+    shards: int = 0
     max_upload_bytes: int = 0  # 0 = the guild's own limit (10 MiB unboosted); set lower to force the fallback
     # DMs: "off" installs the commands for servers only; "on" lets people use them in DMs under the
     # operator's rules below (results there are screened with nsfw = block, always).
@@ -172,6 +175,10 @@ def _section(cls, name: str, raw: dict[str, Any]):
             raise ConfigError(f"{name}.{key} must be one of {', '.join(CHOICES[(name, key)])}; got {value!r}")
         if (name, key) in POSITIVE and value <= 0:
             raise ConfigError(f"{name}.{key} must be positive; got {value!r}")
+        if (name, key) == ("discord", "shards") and value < 0:
+            raise ConfigError(
+                f"discord.shards must be 0 or more; got {value} (0: as many shards as Discord recommends)"
+            )
         if (name, key) in UNIT_INTERVAL and not 0 < value <= 1:
             raise ConfigError(f"{name}.{key} is an img2img strength in (0, 1]; got {value!r}")
         if (name, key) == ("queue", "redis_url") and not value.startswith(("redis://", "rediss://", "unix://")):

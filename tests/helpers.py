@@ -135,7 +135,8 @@ async def discord_world(engine, data_dir: Path, **sections):
 
     store = await JobStore(config.data_path).open()
     bot = create_bot(config, store=store, engine=engine, external_wait=external_wait)
-    env = holder["env"] = simcord.Env(bot)
+    # shards = 0 asks Discord for its recommendation; simcord's Discord recommends one shard.
+    env = holder["env"] = simcord.Env(bot, shard_count=None if bot.shard_count else 1)
     await env.start()
     world = World(env, config, engine)
     world.stores.append(store)

@@ -24,6 +24,7 @@ def test_shipped_config_is_valid_and_defaults_to_real_weights():
         ({"queue": {"per_user": 0}}, "queue.per_user must be positive"),
         ({"upscale": {"refine_tile": 1000}}, "upscale.refine_tile must be 0 or a multiple of 16 from 64; got 1000"),
         ({"engin": {}}, "unknown section [engin]"),
+        ({"discord": {"shards": -1}}, "discord.shards must be 0 or more; got -1"),
     ],
 )
 def test_bad_config_names_the_key(raw, message):
