@@ -60,3 +60,25 @@ def test_a_finished_job_gives_its_share_back():
     clock.now += WINDOW_S  # b's edits leave the window
     allowed = edits(pacer, clock, {"a": 1}, 10.0)
     assert len(allowed) >= 19
+
+
+def test_a_job_that_joins_a_busy_channel_gets_the_next_turn():
+    clock = Clock()
+    pacer = ProgressPacer(0.5, clock)
+    edits(pacer, clock, {"a": 1}, 3.0)  # a alone: every 0.5 s, its window full
+    joined = clock.now
+    allowed = edits(pacer, clock, {"a": 1, "b": 1}, 15.0)
+    first_b = next(t for t, job in allowed if job == "b")
+    assert first_b - joined <= WINDOW_S  # as soon as a's edits leave the window, not once a is done
+    assert [job for t, job in allowed if t <= first_b] == ["b"]  # a waits its turn meanwhile
+    assert most_in_any_window([t for t, _ in allowed]) <= EDITS_PER_WINDOW
+    assert sum(1 for _, job in allowed if job == "b") >= 4
+
+
+def test_a_job_alone_after_another_one_stays_within_the_channels_budget():
+    clock = Clock()
+    pacer = ProgressPacer(WINDOW_S / EDITS_PER_WINDOW, clock)  # alone, it would use the whole budget itself
+    allowed = edits(pacer, clock, {"a": 1, "b": 1}, 10.0)
+    pacer.done(1, "b")
+    allowed += edits(pacer, clock, {"a": 1}, 10.0)
+    assert most_in_any_window([t for t, _ in allowed]) <= EDITS_PER_WINDOW

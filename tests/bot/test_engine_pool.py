@@ -5,6 +5,7 @@ users' jobs together and says so in /queue and /help. The pool is the session's 
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -94,13 +95,17 @@ async def test_a_cancel_reaches_the_engine_running_the_job_and_an_early_one_hold
 
 
 async def test_the_bot_starts_two_users_jobs_together_and_shows_the_pool(pool, tmp_path):
-    async with discord_world(pool, tmp_path, imagine={"target_pixels": 128 * 128}) as world:
+    # An interval that alone would use the channel's whole budget (4 edits in 5 s): two jobs must share it.
+    imagine = {"target_pixels": 128 * 128, "progress_interval": 1.25}
+    async with discord_world(pool, tmp_path, imagine=imagine) as world:
         running_together = 0
+        requests_seen: list[tuple[float, int]] = []  # (when, how many REST calls the bot had made by then)
 
         async def watch_dispatcher():
             nonlocal running_together
             while True:
                 running_together = max(running_together, len(world.bot.jobs.running))
+                requests_seen.append((time.perf_counter(), len(world.env.http_requests)))
                 await asyncio.sleep(0.01)
 
         watcher = asyncio.create_task(watch_dispatcher())
@@ -116,7 +121,19 @@ async def test_the_bot_starts_two_users_jobs_together_and_shows_the_pool(pool, t
         assert running_together == 2  # both on a GPU at once: not one after the other
         assert "2 engines: cpu #1" in listing.response.content
         assert [(await world.bot.store.get_job(job)).state for job in (first, second)] == ["done", "done"]  # type: ignore[union-attr]
-        assert len([m for m in world.bot_messages() if m.attachments]) == 2
+        # Both jobs' progress edits share the channel's budget: never more than 4 in any 5 s (bot/edit_pacing.py),
+        # and the second job shows progress while the first still runs. An edit's time: when the watcher saw it.
+        statuses = {
+            f"/channels/{world.channel.id}/messages/{(await world.bot.store.get_job(job)).status_message_id}": job  # type: ignore[union-attr]
+            for job in (first, second)
+        }
+        edit_times: dict[str, list[float]] = {first: [], second: []}
+        for index, request in enumerate(world.env.http_requests):
+            if request.method == "PATCH" and "Generating… step" in (request.json or {}).get("content", ""):
+                edit_times[statuses[request.path]].append(next(at for at, seen in requests_seen if seen > index))
+        assert min(edit_times[second]) < max(edit_times[first]) and min(edit_times[first]) < max(edit_times[second])
+        shown = sorted(at for times in edit_times.values() for at in times)
+        assert all(later - earlier >= 4.9 for earlier, later in zip(shown, shown[4:], strict=False)), edit_times
         help_embed = (await world.alice.slash(world.channel, "help")).response.embeds[0]
         engines = next(field.value for field in help_embed.fields if field.name == "GPU engines")
         assert engines.startswith("2 engines: cpu #1") and "cpu #2" in engines
