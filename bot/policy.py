@@ -51,7 +51,7 @@ class Policy:
             self._check_place(interaction, command, rules)
         if spec.kind != JobKind.UPSCALE:  # an upscale's size and steps are the engine's to check
             spec = self._check_image_spec(spec, rules)
-        self._check_blocklist(spec, rules)
+        self._check_blocklist(spec, rules, whose="this server" if guild_id is not None else "the bot's operator")
         await self._check_pace(interaction.user.id, guild_id, spec.count, rules)
         return Admission(spec, bool(rules["spoiler"]), int(rules["max_queued"]))
 
@@ -105,7 +105,7 @@ class Policy:
                 "Ask a server admin to grant them, or use another channel."
             )
 
-    def _check_blocklist(self, spec: JobSpec, rules: dict[str, Any]) -> None:
+    def _check_blocklist(self, spec: JobSpec, rules: dict[str, Any], whose: str) -> None:
         """The built-in rule (every guild and DMs alike), then this guild's words and patterns.
         Linear-time matching under a hard budget: it holds the event loop ~1 ms, never seconds."""
         refusal = check_prompt(
@@ -113,6 +113,7 @@ class Policy:
             spec.negative_prompt or "",
             blocked_words=rules["blocked_words"],
             blocked_patterns=rules["blocked_patterns"],
+            whose=whose,
         )
         if refusal is not None:
             raise Refused(refusal)

@@ -189,8 +189,10 @@ def check_prompt(
     negative_prompt: str = "",
     blocked_words: Sequence[str] = (),
     blocked_patterns: Sequence[str] = (),
+    whose: str = "this server",
 ) -> str | None:
-    """The refusal message for this prompt, or None, in ~1 ms for most lists and ~MATCH_BUDGET at worst."""
+    """The refusal message for this prompt, or None, in ~1 ms for most lists and ~MATCH_BUDGET at worst.
+    `whose` lists they are: "this server", or in DMs "the bot's operator"."""
     refusal = builtin_refusal(prompt)
     if refusal is not None:
         return refusal
@@ -200,7 +202,7 @@ def check_prompt(
         for view in map(words_view, texts):
             if combined.match(view):
                 word = next(word for word, compiled in each if compiled.match(view))
-                return f"Your prompt contains a word this server blocks ({word!r})."
+                return f"Your prompt contains a word {whose} blocks ({word!r})."
     if not blocked_patterns:
         return None
     # Two views: normalised (so `forbidden_cat` meets a pattern for "forbidden cat") and folded with its
@@ -209,7 +211,7 @@ def check_prompt(
     matched = _any_pattern_matches(blocked_patterns, views)
     if matched is None:
         return TOO_SLOW_REFUSAL
-    return "Your prompt matches a pattern this server blocks." if matched else None
+    return f"Your prompt matches a pattern {whose} blocks." if matched else None
 
 
 # Set-time validation: what an admin is told when a list cannot be used.

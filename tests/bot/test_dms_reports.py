@@ -24,6 +24,7 @@ async def test_with_dms_on_the_operators_quota_and_blocklist_apply(engine_client
         user = world.alice.user
         blocked = await user.slash("imagine", prompt="a forbidden_cat on a mat")
         assert blocked.ephemeral and "('forbidden cat')" in blocked.response.content
+        assert "a word the bot's operator blocks" in blocked.response.content  # no server here to blame
 
         first = await user.slash("imagine", prompt="a cat", seed=1, steps=2)
         assert not first.ephemeral, first.response.content
