@@ -11,10 +11,12 @@ from dataclasses import dataclass
 import discord
 from PIL import Image, PngImagePlugin
 
+from bot.errors import Refused
 from bot.store import JobExtras, JobRecord
 from engine.jobspec import MODEL_LABELS, JobKind, JobSpec, ModelName
 
 ASPECTS = ("1:1", "4:3", "3:4", "3:2", "2:3", "16:9", "9:16", "21:9")
+UNKNOWN_ASPECT = f"Unknown aspect; choose one of {', '.join(ASPECTS)}."
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
 
 
@@ -26,7 +28,10 @@ def size_for_ratio(ratio: float, target_pixels: int) -> tuple[int, int]:
 
 
 def size_for_aspect(aspect: str, target_pixels: int) -> tuple[int, int]:
-    """Width and height near `target_pixels` for an aspect like "16:9"."""
+    """Width and height near `target_pixels` for an aspect like "16:9"; Refused for any other string (the
+    command's choices are a suggestion a crafted interaction can ignore)."""
+    if aspect not in ASPECTS:
+        raise Refused(UNKNOWN_ASPECT)
     w, h = (int(part) for part in aspect.split(":"))
     return size_for_ratio(w / h, target_pixels)
 

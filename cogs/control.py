@@ -65,13 +65,11 @@ class Control(commands.Cog):
         if mode not in offered:  # a typed mode: autocomplete only suggests
             await refuse(interaction, f"The {mode} mode is not available on this bot; try {', '.join(offered)}.")
             return
+        target = self.bot.config.target_pixels
         try:
+            sized = None if aspect == MATCH else size_for_aspect(aspect, target)  # refused before any download
             checked = await read_image_attachment(image, self.limits, interaction, **download_options(self.bot))
-            target = self.bot.config.target_pixels
-            if aspect == MATCH:
-                width, height = size_matching(checked.width, checked.height, target)
-            else:
-                width, height = size_for_aspect(aspect, target)
+            width, height = sized or size_matching(checked.width, checked.height, target)
         except Refused as exc:
             await refuse(interaction, str(exc))
             return

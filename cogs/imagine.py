@@ -62,15 +62,13 @@ class Imagine(commands.Cog):
                 count = allowed
         negative = negative or ""
         try:
-            if aspect not in ASPECTS:  # the choices are a suggestion a crafted interaction can ignore
-                raise Refused(f"Unknown aspect; choose one of {', '.join(ASPECTS)}.")
+            width, height = size_for_aspect(aspect, self.bot.config.target_pixels)
             self._check_lora(lora)
             if style:
                 prompt, negative, style = await self._styled(interaction, style, prompt, negative)
         except Refused as exc:
             await refuse(interaction, str(exc))
             return
-        width, height = size_for_aspect(aspect, self.bot.config.target_pixels)
         spec = JobSpec(
             kind=JobKind.TXT2IMG, prompt=prompt, negative_prompt=negative,
             model=ModelName(model) if model else None, width=width, height=height, steps=steps, cfg=cfg,

@@ -8,7 +8,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.render import ASPECTS
+from bot.render import ASPECTS, UNKNOWN_ASPECT
 from bot.user_settings import UserPrefs
 
 DEFAULT = "server default"
@@ -46,7 +46,7 @@ class SettingsCommands(app_commands.Group, name="settings", description="Your ow
             changes["model"] = None if model == DEFAULT else model
         if aspect is not None:
             if aspect not in ASPECTS:  # choices are a suggestion a crafted interaction can ignore
-                await self._refuse(interaction, f"Unknown aspect; choose one of {', '.join(ASPECTS)}.")
+                await self._refuse(interaction, UNKNOWN_ASPECT)
                 return
             changes["aspect"] = aspect
         if count is not None:

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from bot.config import ConfigError, load_config, parse_config
+from bot.errors import Refused
 from bot.render import ASPECTS, fit_upload, size_for_aspect
 
 
@@ -89,6 +90,13 @@ def test_aspect_sizes_are_multiples_of_16_near_one_megapixel():
         assert 0.9e6 < width * height < 1.15e6
         w, h = (int(x) for x in aspect.split(":"))
         assert abs(width / height - w / h) < 0.05
+
+
+@pytest.mark.parametrize("crafted", ["7:0", "abc", "16:9:1", "-1:1", "1e9:1", ""])
+def test_a_crafted_aspect_is_a_clear_refusal_not_a_crash(crafted):
+    # The commands' choices are a suggestion a crafted interaction (or a stale stored default) can ignore.
+    with pytest.raises(Refused, match="Unknown aspect; choose one of 1:1, 4:3"):
+        size_for_aspect(crafted, 1024 * 1024)
 
 
 def test_upload_fallback_chain_png_then_webp_then_jpeg():
