@@ -170,11 +170,12 @@ def engine_client_for(config: Config) -> EngineClient:
         return cast(EngineClient, remote)  # the same interface the dispatcher uses, not a subclass
     devices = config.engine.devices
     if len(devices) == 1:
-        return EngineClient(config.engine_options())
+        return EngineClient(config.engine_options(), watchdog=config.watchdog())
     from bot.engine_pool import EnginePool
 
     names = [device if devices.count(device) == 1 else f"{device} #{i}" for i, device in enumerate(devices, 1)]
     clients = [
-        EngineClient(config.engine_options(device), name=name) for device, name in zip(devices, names, strict=True)
+        EngineClient(config.engine_options(device), name=name, watchdog=config.watchdog())
+        for device, name in zip(devices, names, strict=True)
     ]
     return cast(EngineClient, EnginePool(clients, names))

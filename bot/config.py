@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bot import prompt_filter
+from bot.engine_env import Watchdog
 from engine.jobspec import EngineOptions
 
 
@@ -52,6 +53,11 @@ class EngineConfig:
     download_on_start: bool = True  # fetch missing real weights before starting the engine
     controlnet_file: str = ""  # another file of the ControlNet Union 2.1 repo; "" = the 8-step one
     lora_dir: str = ""  # folder of LoRA .safetensors files /imagine offers; "" = <data_dir>/loras
+    # The watchdog (bot/engine_env.py): an engine silent this long during a job (it beats every 2 s), or a job
+    # running past max(factor x its estimate, floor), counts as hung: killed, restarted, the job retried once.
+    watchdog_silence_s: float = 30.0
+    watchdog_job_factor: float = 10.0
+    watchdog_job_floor_s: float = 600.0
 
 
 @dataclass
@@ -119,6 +125,10 @@ class Config:
     def lora_path(self) -> Path:
         return Path(self.engine.lora_dir) if self.engine.lora_dir else self.data_path / "loras"
 
+    def watchdog(self) -> Watchdog:
+        engine = self.engine
+        return Watchdog(engine.watchdog_silence_s, engine.watchdog_job_factor, engine.watchdog_job_floor_s)
+
     def engine_options(self, device: str | None = None) -> EngineOptions:
         """The one place config.toml becomes an engine's options (passed whole to `python -m engine serve`);
         `device`: which of `[engine] devices` (default the first)."""
@@ -148,8 +158,9 @@ POSITIVE = {
     ("queue", "per_user"), ("queue", "total"), ("imagine", "progress_interval"),
     ("inputs", "max_bytes"), ("inputs", "max_megapixels"), ("upscale", "max_side"), ("upscale", "refine_denoise"),
     ("storage", "keep_days"), ("queue", "lease_s"), ("discord", "delivery_retry_minutes"), ("discord", "delivery_backoff_s"),
-    ("discord", "download_timeout_s"),
+    ("discord", "download_timeout_s"), ("engine", "watchdog_job_factor"), ("engine", "watchdog_job_floor_s"),
 }  # fmt: skip
+MIN_WATCHDOG_SILENCE_S = 5.0  # two missed heartbeats and then some: never a healthy engine
 UNIT_INTERVAL = {("imagine", "vary_subtle"), ("imagine", "vary_strong")}
 
 
@@ -175,6 +186,11 @@ def _section(cls, name: str, raw: dict[str, Any]):
             raise ConfigError(f"{name}.{key} must be one of {', '.join(CHOICES[(name, key)])}; got {value!r}")
         if (name, key) in POSITIVE and value <= 0:
             raise ConfigError(f"{name}.{key} must be positive; got {value!r}")
+        if (name, key) == ("engine", "watchdog_silence_s") and value < MIN_WATCHDOG_SILENCE_S:
+            raise ConfigError(
+                f"engine.watchdog_silence_s must be at least {MIN_WATCHDOG_SILENCE_S:g} (the engine beats every 2 s); "
+                f"got {value:g}"
+            )
         if (name, key) == ("discord", "shards") and value < 0:
             raise ConfigError(
                 f"discord.shards must be 0 or more; got {value} (0: as many shards as Discord recommends)"

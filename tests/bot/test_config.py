@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from bot.config import ConfigError, load_config, parse_config
+from bot.engine_env import Watchdog
 from bot.errors import Refused
 from bot.render import ASPECTS, fit_upload, size_for_aspect
 
@@ -26,11 +27,23 @@ def test_shipped_config_is_valid_and_defaults_to_real_weights():
         ({"upscale": {"refine_tile": 1000}}, "upscale.refine_tile must be 0 or a multiple of 16 from 64; got 1000"),
         ({"engin": {}}, "unknown section [engin]"),
         ({"discord": {"shards": -1}}, "discord.shards must be 0 or more; got -1"),
+        ({"engine": {"watchdog_silence_s": 2}}, "engine.watchdog_silence_s must be at least 5"),
+        ({"engine": {"watchdog_job_floor_s": 0}}, "engine.watchdog_job_floor_s must be positive"),
     ],
 )
 def test_bad_config_names_the_key(raw, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         parse_config(raw)
+
+
+def test_every_engine_gets_the_watchdog_config_toml_sets():
+    from bot.bot import engine_client_for
+
+    engine = {"devices": ["cuda:0", "cuda:1"], "watchdog_silence_s": 12, "watchdog_job_floor_s": 90}
+    pool = engine_client_for(parse_config({"engine": engine}))
+    assert {client.watchdog for client in pool.clients} == {Watchdog(12.0, 10.0, 90.0)}  # type: ignore[attr-defined]
+    single = engine_client_for(parse_config({"engine": {"watchdog_job_factor": 3}}))
+    assert single.watchdog.job_limit(60) == 600 and single.watchdog.job_limit(300) == 900  # max(3 x ETA, floor)
 
 
 def test_config_file_errors_name_the_file(tmp_path):

@@ -9,9 +9,14 @@ import contextlib
 import os
 import signal
 import sqlite3
+import time
 
+import pytest
+
+from bot.engine_client import EngineDead
 from bot.engine_env import Watchdog
-from tests.helpers import discord_world
+from engine.protocol import Result
+from tests.helpers import discord_world, tiny_job
 
 
 def wrap_submit(engine_client, on_first_step):
@@ -33,11 +38,13 @@ def wrap_submit(engine_client, on_first_step):
     return fired
 
 
-async def test_watchdog_kills_a_stopped_engine_and_the_job_is_retried_and_delivered(engine_client, tmp_path):
+async def test_watchdog_kills_a_stopped_engine_and_the_job_is_retried_and_delivered(engine_client, tmp_path, caplog):
     stopped: list[int] = []
+    stopped_at: list[float] = []
 
     def stop_the_engine():
         stopped.append(engine_client.process.pid)
+        stopped_at.append(time.time())
         os.kill(engine_client.process.pid, signal.SIGSTOP)  # a hung process: alive, silent
 
     engine_client.watchdog = Watchdog(silence_s=5.0)
@@ -51,12 +58,30 @@ async def test_watchdog_kills_a_stopped_engine_and_the_job_is_retried_and_delive
             assert engine_client.process.pid != stopped[0]
             results = [m for m in world.bot_messages() if m.attachments]
             assert len(results) == 1
+            [killed] = [r for r in caplog.records if r.getMessage().startswith("the engine looks hung")]
+            assert killed.created - stopped_at[0] <= 5.0 + 1.0 + 1.0  # silence_s, one check interval, slack
     finally:
         del engine_client.submit
         engine_client.watchdog = Watchdog()
         for pid in stopped:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)  # harmless: it was SIGKILLed
+
+
+async def test_watchdog_kills_an_engine_whose_job_outruns_its_limit_though_it_still_beats(engine_client):
+    # Heartbeats and progress keep coming, so only the job's own limit, max(factor x estimate, floor), can end it.
+    engine_client.watchdog = Watchdog(silence_s=30.0, factor=10.0, floor_s=2.0)
+    started = time.perf_counter()
+    try:
+        with pytest.raises(EngineDead) as dead:
+            await asyncio.wait_for(engine_client.run(tiny_job("outrun", width=256, height=256, steps=50)), 120)
+    finally:
+        engine_client.watchdog = Watchdog()
+    elapsed = time.perf_counter() - started
+    assert dead.value.hung and "over its 2 s limit" in str(dead.value), dead.value
+    assert 2.0 <= elapsed <= 2.0 + 1.0 + 1.5, elapsed  # the limit and one check interval, not the whole job
+    await engine_client.wait_ready(timeout=120)
+    assert isinstance(await engine_client.run(tiny_job("after-outrun")), Result)  # restarted, serving
 
 
 async def test_restart_retry_a_bot_restart_mid_job_does_not_use_up_the_crash_retry(engine_client, tmp_path):
