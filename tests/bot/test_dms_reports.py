@@ -4,10 +4,12 @@ config.toml), and the Report button: once per member per result, to the guild's 
 from __future__ import annotations
 
 import pytest
+import simcord.builders as builders
 from simcord.backend.errors import SetupError
 
 from bot.config import ConfigError, parse_config
-from tests.helpers import JOB_ID, discord_world
+from bot.policy import DMS_OFF
+from tests.helpers import JOB_ID, discord_world, tiny_config
 
 
 async def test_with_dms_off_the_commands_are_for_servers_only(engine_client, tmp_path):
@@ -33,6 +35,21 @@ async def test_with_dms_on_the_operators_quota_and_blocklist_apply(engine_client
 
         second = await user.slash("imagine", prompt="a dog", steps=2)
         assert second.ephemeral and "of your 1 images today" in second.response.content
+
+
+async def test_after_dms_are_turned_off_a_button_on_an_old_dm_result_is_refused(engine_client, tmp_path):
+    async with discord_world(engine_client, tmp_path, discord={"dms": "on", "dm_cooldown": 0}) as world:
+        user = world.alice.user
+        first = await user.slash("imagine", prompt="a cat", seed=1, steps=2)
+        job = await world.wait_job(JOB_ID.findall("\n".join(world.contents_sent()))[-1])
+        assert not first.ephemeral and job.state == "done" and job.guild_id is None
+        world.config = tiny_config(tmp_path, discord={"dms": "off"})  # the operator turns DMs off, restarts
+        await world.restart()
+        dm = builders.ChannelHandle(world.env, None, world.env.backend.get_dm_channel(world.alice.id))
+        [result] = [m for m in dm.history() if m.author.bot and m.attachments]
+        clicked = await user.click(result, label="Reroll")
+        assert clicked.ephemeral and clicked.response.content == DMS_OFF
+        assert await world.bot.store.jobs_in_state("queued", "running") == []
 
 
 def test_dm_blocklists_are_checked_when_the_config_is_read():

@@ -69,3 +69,29 @@ async def test_prompts_and_lora_names_in_replies_are_escaped(engine_client, tmp_
         assert_no_raw_mentions(mine.response.content)
         assert allowed_of(sends(world)[-1]).get("parse") == []
         world.bot.jobs.resume()
+
+
+async def test_style_templates_and_names_full_of_mentions_ping_nobody(engine_client, tmp_path):
+    async with discord_world(engine_client, tmp_path) as world:
+        added = await world.mod.slash(
+            world.channel, "config style add", name="loud", template=f"{{prompt}}, {NASTY}", negative=NASTY
+        )
+        assert added.ephemeral and "Style `loud` added" in added.response.content
+        assert_no_raw_mentions(added.response.content)
+        listed = await world.mod.slash(world.channel, "config style list")
+        [field] = listed.response.embeds[0].fields
+        assert_no_raw_mentions(field.value)
+        for name in (NASTY, "@everyone"):  # names a style cannot have still come back in the reply
+            gone = await world.mod.slash(world.channel, "config style delete", name=name)
+            assert "There is no style" in gone.response.content
+            assert_no_raw_mentions(gone.response.content)
+            missing, _ = await world.imagine(world.alice, prompt="a cat", style=name)
+            assert missing.ephemeral and "has no style named" in missing.response.content
+            assert_no_raw_mentions(missing.response.content)
+        world.bot.jobs.pause()
+        styled, _ = await world.imagine(world.alice, prompt="a cat", style="loud", steps=2)
+        assert not styled.ephemeral, styled.response.content
+        for body in sends(world):
+            assert allowed_of(body).get("parse") == [], body
+        for text in world.contents_sent():  # the queued message shows the styled prompt
+            assert_no_raw_mentions(text)
