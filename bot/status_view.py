@@ -7,7 +7,6 @@ import re
 import discord
 
 ID = r"(?P<job>[0-9a-f]{6,16})"
-NOT_ITS_STATUS = "That button does not belong to this message."
 
 
 class CancelButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"zi:cancel:{ID}"):
@@ -27,10 +26,6 @@ class CancelButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"zi:can
         job = await jobs.store.get_job(self.job_id)
         if job is not None and job.guild_id != interaction.guild_id:  # a crafted custom_id from elsewhere
             await interaction.response.send_message("That button does not belong to this server.", ephemeral=True)
-            return
-        message = interaction.message
-        if job is not None and job.status_message_id and message is not None and message.id != job.status_message_id:
-            await interaction.response.send_message(NOT_ITS_STATUS, ephemeral=True)  # another job's Cancel
             return
         reply = await jobs.cancel(self.job_id, interaction.user.id, may_cancel_others=may_cancel_others)
         await interaction.response.send_message(reply, ephemeral=True)
