@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# What a user is told while the GPU workers' Redis does not answer (bot/remote_engine.py's `fatal`): unlike a
+# local engine that cannot start, which is the operator's to fix, this passes, so it is said as it is.
+UNREACHABLE = "The GPU workers are unreachable right now (the bot cannot reach Redis); try again in a minute."
+
 
 @dataclass(frozen=True)
 class EngineState:

@@ -20,6 +20,7 @@ import discord
 from bot.delivery import Delivery
 from bot.dispatcher import Dispatcher, RunningJob
 from bot.engine_client import EngineClient
+from bot.engine_state import UNREACHABLE
 from bot.errors import Refused
 from bot.eta import DurationEstimator, format_eta, job_cost, load_speed_figures
 from bot.queue import FairQueue, QueuedJob, QueueFull
@@ -83,6 +84,8 @@ class JobService:
 
     async def submit(self, request: JobRequest) -> Submitted:
         """Resolve, queue and persist a job; raises Refused with a user-facing reason."""
+        if self.engine.fatal == UNREACHABLE:
+            raise Refused(UNREACHABLE)
         if self.engine.fatal:
             raise Refused("The image engine is down; the operator has been told why in the logs.")
         try:
