@@ -5,7 +5,11 @@ never more jobs in the jobs stream than idle workers: the fair order is decided 
 `submit(job)` XADDs the job (images as separate TTL keys or files, engine/streams.py) with a fresh `run`
 token and returns a future; an idle `python -m engine worker` takes it with XREADGROUP and answers on the
 events stream, read here with the bot's consumer group and XACKed once handed on. The first final answer
-of the current run wins; duplicates and answers of abandoned runs are acknowledged and dropped.
+of the current run wins; duplicates and answers of superseded runs are acknowledged and dropped.
+
+A bot that stops does not stop its workers' runs: after a restart, a job a worker is still running is
+followed where it runs (its run token learnt from its next event) instead of being sent again, and a job
+answered while no bot listened is answered from the events stream.
 
 Failure handling: a worker that dies leaves its entry pending; after `lease_s` the reaper XAUTOCLAIMs it and
 adds the job again `retries` times (0 behind the dispatcher, which retries once itself through the fair
@@ -33,13 +37,12 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from bot.engine_client import EngineDead, EngineUnavailable, ProgressHandler
-from bot.engine_state import EngineState
+from bot.engine_state import UNREACHABLE, EngineState
 from engine import streams
 from engine.protocol import Failure, FailureKind, Job, Progress, Ready, Result
 
 log = logging.getLogger("bot.remote_engine")
 
-UNREACHABLE = "The GPU workers are unreachable right now (the bot cannot reach Redis); try again in a minute."
 Outcome = Result | Failure
 
 
@@ -53,6 +56,7 @@ class _Flight:
     entry_id: str = ""  # "" until XADDed (Redis was down when it was submitted)
     attempt: int = 1
     seen: float = 0.0  # monotonic: last time its entry, its worker or an event of it was seen
+    adopted: bool = False  # a run a worker began for the bot before a restart: `run` is learnt from its events
 
 
 class RemoteEngine:
@@ -84,6 +88,8 @@ class RemoteEngine:
         self._unsent_cancels: dict[str, bytes] = {}  # cancel keys to set once Redis answers again
         self._early: OrderedDict[str, tuple[str, Result]] = OrderedDict()  # results nobody waited for yet
         self._finished: OrderedDict[str, None] = OrderedDict()  # recent final answers: duplicates are dropped
+        self._sent: OrderedDict[str, None] = OrderedDict()  # jobs this bot added to the jobs stream (recent)
+        self._left: OrderedDict[str, str] = OrderedDict()  # job id -> the run this bot stopped following
         self.ran_on: OrderedDict[str, str] = OrderedDict()  # job id -> the worker that answered it (recent)
         self.started_at: OrderedDict[str, float] = OrderedDict()  # job id -> when a worker began it (its time.time)
         self._has_workers = asyncio.Event()
@@ -179,6 +185,14 @@ class RemoteEngine:
             future.set_result(outcome)
             return future
         self._finished.pop(job.job_id, None)  # a new run of it (a retry): its answer is no duplicate
+        left = self._left.pop(job.job_id, None)
+        running = any(worker.busy == job.job_id for worker in self.workers.values())
+        if running and (left is not None or job.job_id not in self._sent):  # a run from before the restart
+            flight = _Flight(job, on_progress, future, run=left or "", seen=time.monotonic(), adopted=True)
+            self._flights[job.job_id] = flight
+            future.add_done_callback(lambda _: self._landed(flight))
+            self._wake()
+            return future
         flight = _Flight(job, on_progress, future, run=uuid.uuid4().hex[:12], seen=time.monotonic())
         self._flights[job.job_id] = flight
         future.add_done_callback(lambda _: self._landed(flight))
@@ -202,18 +216,20 @@ class RemoteEngine:
         """Stop `job_id`: the worker checks the cancel key before it starts the job and while it runs it."""
         self._cancelled.add(job_id)
         flight = self._flights.get(job_id)
-        if flight is not None and not flight.entry_id and not flight.future.done():
+        if flight is not None and not flight.entry_id and not flight.adopted and not flight.future.done():
             flight.future.set_result(Failure(job_id, FailureKind.CANCELLED, "Cancelled before it reached the GPU."))
         await self._set_cancel(job_id, streams.CANCEL_ALL)
 
     async def abandon(self, job_id: str) -> None:
-        """Stop following `job_id` (the bot is stopping); its worker stops this run at its next step."""
+        """Stop following `job_id` (the bot is stopping). Its worker finishes the run: the bot that asks for
+        the job next follows it there, or finds its answer in the events stream."""
         flight = self._flights.pop(job_id, None)
-        if flight is None:
-            return
-        flight.future.cancel()
-        if flight.entry_id:
-            await self._set_cancel(job_id, flight.run.encode())
+        if flight is not None:
+            flight.future.cancel()
+            if flight.run:
+                self._left[job_id] = flight.run
+                while len(self._left) > 1000:
+                    self._left.popitem(last=False)
 
     async def _set_cancel(self, job_id: str, value: bytes) -> None:
         try:
@@ -242,17 +258,22 @@ class RemoteEngine:
             pipe.xadd(self.keys.jobs, fields)
             *_, entry_id = await pipe.execute()
         flight.entry_id, flight.seen = entry_id.decode(), time.monotonic()
+        self._sent[flight.job.job_id] = None
+        while len(self._sent) > 10_000:
+            self._sent.popitem(last=False)
 
     async def _lost(self, job_id: str, run: str, attempt: int, reason: str) -> None:
         """A job's worker died (reclaimed after the lease) or its engine did ("lost")."""
         flight = self._flights.get(job_id)
+        if flight is not None and flight.adopted and not flight.run:
+            flight.run = run  # the run followed since a restart died before it said anything
         if flight is None or flight.future.done() or flight.run != run or attempt < flight.attempt:
             return  # nobody waits, or it was added again already
         if job_id in self._cancelled:
             flight.future.set_result(Failure(job_id, FailureKind.CANCELLED, "Cancelled."))
         elif flight.attempt <= self.retries:
             log.warning("job %s: %s (attempt %d); adding it again", job_id, reason, flight.attempt)
-            flight.attempt += 1
+            flight.attempt, flight.adopted, flight.run = flight.attempt + 1, False, uuid.uuid4().hex[:12]
             await self._add(flight)
         else:
             times = "" if flight.attempt == 1 else f" ({flight.attempt} times)"
@@ -295,7 +316,7 @@ class RemoteEngine:
             del self._unsent_cancels[job_id]
         for flight in list(self._flights.values()):
             flight.seen = time.monotonic()
-            if not flight.entry_id and not flight.future.done():
+            if not flight.entry_id and not flight.adopted and not flight.future.done():
                 await self._add(flight)
 
     async def _read_events(self) -> None:
@@ -314,6 +335,8 @@ class RemoteEngine:
         job_id, kind = streams.field_text(fields, "job_id"), streams.field_text(fields, "kind")
         run, worker = streams.field_text(fields, "run"), streams.field_text(fields, "worker")
         flight = self._flights.get(job_id)
+        if flight is not None and flight.adopted and not flight.run and kind != "lost":
+            flight.run = run  # the first word of the run followed since a restart
         current = flight is not None and flight.run == run and not flight.future.done()
         if current and worker in self.workers:
             self.workers[worker].busy = job_id if kind in ("started", "progress") else ""
@@ -331,7 +354,7 @@ class RemoteEngine:
             await self._ack_event(entry_id)
             return
         keep = current or (flight is None and kind == "final" and job_id not in self._finished)
-        if not keep:  # stale progress, a duplicate answer, an abandoned run's answer
+        if not keep:  # stale progress, a duplicate answer, a superseded run's answer
             await self._ack_event(entry_id, streams.blob_names(fields))
             return
         try:
@@ -390,10 +413,13 @@ class RemoteEngine:
             await self._find_vanished()
 
     async def _find_vanished(self) -> None:
-        """A job whose entry is gone (Redis restarted empty) and that no worker runs for a lease is lost."""
+        """A job whose entry is gone (Redis restarted empty), or a run followed since a restart that never
+        answers (its answer went to the bot before), that no worker runs for a lease is lost."""
         now, busy = time.monotonic(), {w.busy for w in self.workers.values()}
-        for flight in [f for f in self._flights.values() if f.entry_id and not f.future.done()]:
-            if flight.job.job_id in busy or await self.redis.xrange(self.keys.jobs, flight.entry_id, flight.entry_id):
+        for flight in [f for f in self._flights.values() if (f.entry_id or f.adopted) and not f.future.done()]:
+            if flight.job.job_id in busy or (
+                flight.entry_id and await self.redis.xrange(self.keys.jobs, flight.entry_id, flight.entry_id)
+            ):
                 flight.seen = now
             elif now - flight.seen > self.lease_s:
                 reason = "its entry vanished from Redis and no GPU worker runs it"

@@ -158,7 +158,7 @@ class RemoteWorker:
             if not isinstance(job, Job) or job.job_id != job_id:
                 raise BadInput("The job entry in Redis is malformed.")
             job.spec = resolve(job.spec, self.ready.limits, has_input=job.input_image is not None)
-            if streams.is_cancelled(await self.redis.get(self.keys.cancel(job_id)), tags["run"]):
+            if streams.is_cancelled(await self.redis.get(self.keys.cancel(job_id))):
                 outcome = Failure(job_id, FailureKind.CANCELLED, "Cancelled before it reached the GPU.")
             else:
                 with contextlib.suppress(Exception):  # the bot learns at once which worker runs it
@@ -195,7 +195,7 @@ class RemoteWorker:
         # inside a command (redis/redis-py#2028, #2551), and a guard that outlived its job would keep the
         # claim fresh and hold this worker forever.
         done = asyncio.Event()
-        guard = asyncio.create_task(self._guard(entry_id, job.job_id, tags["run"], done))
+        guard = asyncio.create_task(self._guard(entry_id, job.job_id, done))
         try:
             return await self.engine.run(job, on_progress)
         finally:
@@ -204,7 +204,7 @@ class RemoteWorker:
             with contextlib.suppress(BaseException):
                 await guard
 
-    async def _guard(self, entry_id: str, job_id: str, run: str, done: asyncio.Event) -> None:
+    async def _guard(self, entry_id: str, job_id: str, done: asyncio.Event) -> None:
         """While the job runs: keep the claim fresh, and pass a cancel on to the engine."""
         assert self.redis is not None and self.engine is not None
         refresh_every = max(self.lease_s / 3, 0.05)
@@ -224,7 +224,7 @@ class RemoteWorker:
                         log.warning("job %s was reclaimed; stopping it here", job_id)
                         await self.engine.cancel(job_id)
                         return
-                if streams.is_cancelled(await self.redis.get(self.keys.cancel(job_id)), run):
+                if streams.is_cancelled(await self.redis.get(self.keys.cancel(job_id))):
                     await self.engine.cancel(job_id)
                     return
             except Exception as exc:

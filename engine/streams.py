@@ -3,14 +3,15 @@
     {p}:jobs           stream, group "workers": one entry per dispatched job (header + blob keys + attempt)
     {p}:events         stream, group "bot": progress (at most ~2/s), then one result, failure or "lost" per job
     {p}:worker:<name>  hash with a TTL, refreshed by the worker's heartbeat: device, weights, busy job, Ready
-    {p}:cancel:<job>   string, EX 3600: "*" (the user cancelled: every run of it) or one run's token (the
-                       bot abandoned that run); the worker checks it before starting and while running
+    {p}:cancel:<job>   string, EX 3600: "*", the user cancelled every run of it; the worker checks it before
+                       starting and while running (a bot that stops leaves its runs going: a restarted one
+                       follows them)
     {p}:blob:<sha256>  string with a TTL: every image (inputs, results, previews); never inside an entry,
                        because one 20 MB entry stalls Redis for every client for 30-60 ms. With a shared
                        `blob_dir` the bytes are files there instead, named "file:<sha256>" in the entry.
 
-Each dispatch of a job carries a `run` token, echoed in its events: an answer from an earlier, abandoned or
-reclaimed run of the same job is recognised and dropped.
+Each dispatch of a job carries a `run` token, echoed in its events: an answer from an earlier or reclaimed
+run of the same job, once it was sent again, is recognised and dropped.
 
 Entries carry engine.protocol messages: the frame header JSON as it is, and its blobs as content-addressed
 keys. Imports nothing heavy (no torch): the bot process imports this module.
@@ -52,9 +53,9 @@ return 1
 """
 
 
-def is_cancelled(value: bytes | None, run: str) -> bool:
-    """The cancel key's value stops this run: the user cancelled the job, or the bot abandoned this run."""
-    return value is not None and (value == CANCEL_ALL or value.decode() == run)
+def is_cancelled(value: bytes | None) -> bool:
+    """Whether the job's cancel key says stop (the user cancelled it)."""
+    return value == CANCEL_ALL
 
 
 class BlobMissing(Exception):

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 import uuid
 from dataclasses import dataclass
 
 import pytest
 
+from bot.engine_state import UNREACHABLE
 from bot.remote_engine import RemoteEngine
 from engine import streams
 from engine.protocol import Failure, FailureKind, Result
@@ -57,8 +59,9 @@ async def pool(module_redis):
     except TimeoutError:
         print("\n\n".join(w.log_tail() for w in workers), file=sys.stderr)
         raise
-    yield Pool(engine, workers, module_redis)
-    await engine.close()
+    pool = Pool(engine, workers, module_redis)
+    yield pool
+    await pool.engine.close()  # the restart test replaces it
     for worker in workers:
         worker.stop()
 
@@ -126,35 +129,50 @@ async def test_cancel_dispatched_not_started_and_running(pool):
     assert (await early).kind == FailureKind.CANCELLED  # type: ignore[union-attr]
 
 
-async def test_redis_down_ten_seconds_loses_nothing_and_work_resumes(pool):
+async def test_redis_down_ten_seconds_loses_nothing_and_work_resumes(pool, tmp_path):
     engine, server = pool.engine, pool.server
     progressed = asyncio.Event()
     before = await engine.submit(slow_job("before", steps=30), lambda p: progressed.set())
     await asyncio.wait_for(progressed.wait(), 60)
-    server.stop()
-    await wait_for(lambda: engine.status == "unreachable", 10, "the outage noticed")
-    assert engine.fatal is not None and "GPU workers are unreachable" in engine.fatal
-    waiting = asyncio.create_task(engine.wait_gpu_free())
-    during = await engine.submit(tiny_job("during"))  # a job the dispatcher had in hand: kept, sent later
-    await asyncio.sleep(9)
-    assert not waiting.done() and not during.done() and not before.done()
-    server.start()  # empty: no persistence, so groups and registrations come back from both sides
-    await wait_for(lambda: engine.status == "ready" and len(engine.workers) == 2, 60, "recovered")
-    assert isinstance(await asyncio.wait_for(before, 60), Result)  # finished meanwhile, answered once back
-    assert isinstance(await asyncio.wait_for(during, 60), Result)
-    await asyncio.wait_for(waiting, 10)
-    assert isinstance(await asyncio.wait_for(engine.run(tiny_job("resumed")), 60), Result)
+    async with discord_world(engine, tmp_path) as world:
+        world.bot.jobs.pause()
+        _, queued = await world.imagine(world.alice, prompt="a cat queued before", steps=2)
+        server.stop()
+        stopped = time.perf_counter()
+        await wait_for(lambda: engine.status == "unreachable", 10, "the outage noticed")
+        assert engine.fatal is not None and "GPU workers are unreachable" in engine.fatal
+        waiting = asyncio.create_task(engine.wait_gpu_free())
+        during = await engine.submit(tiny_job("during"))  # a job the dispatcher had in hand: kept, sent later
+        world.bot.jobs.resume()
+        refused, _ = await world.imagine(world.alice, prompt="a cat during the outage")
+        assert refused.ephemeral and refused.response.content == UNREACHABLE  # said, not queued silently
+        listing = await world.bob.slash(world.channel, "queue")  # the bot keeps answering
+        assert "unreachable" in listing.response.content, listing.response.content
+        await asyncio.sleep(max(0.0, 9 - (time.perf_counter() - stopped)))
+        assert not waiting.done() and not during.done() and not before.done()
+        assert (await world.bot.store.get_job(queued)).state in ("queued", "running")  # kept in SQLite
+        server.start()  # empty: no persistence, so groups and registrations come back from both sides
+        await wait_for(lambda: engine.status == "ready" and len(engine.workers) == 2, 60, "recovered")
+        assert isinstance(await asyncio.wait_for(before, 60), Result)  # finished meanwhile, answered once back
+        assert isinstance(await asyncio.wait_for(during, 60), Result)
+        await asyncio.wait_for(waiting, 10)
+        assert isinstance(await asyncio.wait_for(engine.run(tiny_job("resumed")), 60), Result)
+        assert (await world.wait_job(queued, timeout=60)).state == "done"  # the job from before the outage
+        assert len(results_posted(world)) == 1
 
 
 async def test_imagine_from_three_users_runs_two_at_a_time_in_fair_order(pool, tmp_path):
     async with discord_world(pool.engine, tmp_path) as world:
         world.bot.jobs.pause()
         alice = world.alice
-        carol = world.guild.add_member(world.env.create_user("carol"))
+        other = world.env.create_guild("Another server")  # 3 users in 2 guilds
+        other_channel = other.create_text_channel("art")
+        carol = other.add_member(world.env.create_user("carol"))
         ids = []
-        for member in (alice, alice, world.bob, carol):
-            _, job_id = await world.imagine(member, prompt=f"a cat by {member.name}", steps=12)
-            ids.append(job_id)
+        for member, channel in ((alice, world.channel), (alice, world.channel), (world.bob, world.channel),
+                                (carol, other_channel)):  # fmt: skip
+            result = await member.slash(channel, "imagine", prompt=f"a cat by {member.name}", steps=12)
+            ids.append(world.job_id(result))
         _, dropped = await world.imagine(world.bob, prompt="never mind")
         assert "Cancelled" in await world.bot.jobs.cancel(dropped, world.bob.id)  # queued: never reaches Redis
         most = {"running": 0, "stream": 0}
@@ -182,7 +200,8 @@ async def test_imagine_from_three_users_runs_two_at_a_time_in_fair_order(pool, t
         assert most["running"] == 2 and most["stream"] <= 2, most  # two at a time, never more queued in Redis
         assert [job.state for job in jobs] == ["done"] * 4
         assert (await world.bot.store.get_job(dropped)).state == "cancelled"
-        assert len(results_posted(world)) == 4  # each result once
+        posted_elsewhere = [m for m in other_channel.history() if m.author.bot and m.attachments]
+        assert len(results_posted(world)) == 3 and len(posted_elsewhere) == 1  # each result once
         del pool.engine.submit
         assert started == expected and sorted(expected) == sorted(ids)
         assert {pool.engine.ran_on[job_id] for job_id in ids} == {"w1", "w2"}
@@ -215,6 +234,27 @@ async def test_a_killed_worker_s_job_is_reclaimed_and_posted_once(pool, tmp_path
     finally:
         engine._on_event = original  # type: ignore[method-assign]
         victim.start()  # loads while the next test begins
+
+
+async def test_a_bot_restart_while_a_worker_runs_a_job_posts_its_result_once_from_that_run(pool, tmp_path):
+    await pool.restored()
+    async with discord_world(pool.engine, tmp_path, **BIG) as world:
+        _, job_id = await world.imagine(world.alice, prompt="a patient cat", model="base", steps=60)
+        await wait_for(lambda: any(w.busy == job_id for w in pool.engine.workers.values()), 60, "a worker took it")
+        holder = pool.holder(job_id)
+        # The bot process goes away mid-job (its Redis client with it), and a new one starts on the same Redis.
+        await world.bot.jobs.stop()
+        await pool.engine.close()
+        new_engine = RemoteEngine(pool.server.url, prefix=pool.engine.keys.prefix, lease_s=LEASE_S, poll_s=0.2)
+        pool.engine = world.engine = new_engine  # the later tests use the new one
+        await new_engine.start()
+        await wait_for(lambda: len(new_engine.workers) == 2, 60, "the new bot sees both workers")
+        await world.env.restart_bot(await world.new_bot())
+        job = await world.wait_job(job_id, timeout=120)
+        assert job.state == "done", job.error
+        assert new_engine.ran_on[job_id] == holder.name  # followed where it ran, not sent to the idle worker
+        assert len(results_posted(world)) == 1
+        assert await new_engine.redis.xlen(new_engine.keys.jobs) == 0
 
 
 async def test_killed_twice_the_job_fails_clearly_and_the_next_one_is_fine(pool, tmp_path):
