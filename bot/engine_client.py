@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from bot.engine_env import Watchdog, engine_environment
 from bot.engine_state import EngineState
 from engine import protocol
-from engine.jobspec import EngineOptions
+from engine.jobspec import EngineOptions, installed_loras
 from engine.protocol import Cancel, Failure, FailureKind, GpuDone, Heartbeat, Job, Progress, Ready, Result, Shutdown
 
 log = logging.getLogger("bot.engine")
@@ -151,6 +151,10 @@ class EngineClient:
     def engines(self) -> list[EngineState]:
         device = self.ready_info.device if self.ready_info else ""
         return [EngineState(self.options.device, device, self.status, self.busy)]
+
+    def loras(self) -> list[str]:
+        """The LoRAs this engine can load now: the files in its folder (the operator may add some any time)."""
+        return installed_loras(self.options.lora_dir)
 
     async def close(self) -> None:
         self._closing = True

@@ -101,6 +101,10 @@ class EnginePool:
             for state in client.engines()
         ]
 
+    def loras(self) -> list[str]:
+        """LoRAs every engine can load: a job may go to any of them."""
+        return sorted(set.intersection(*(set(client.loras()) for client in self.clients)))
+
     # -- jobs ---------------------------------------------------------------------------------
 
     def _idle(self) -> list[EngineClient]:

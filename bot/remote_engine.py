@@ -145,6 +145,12 @@ class RemoteEngine:
             for name, info in sorted(self.workers.items())
         ]
 
+    def loras(self) -> list[str]:
+        """LoRAs every registered worker has (from their heartbeats): a job may go to any idle one."""
+        if not self.workers:
+            return []
+        return sorted(set.intersection(*(set(worker.loras) for worker in self.workers.values())))
+
     @property
     def idle_workers(self) -> int:
         """Registered workers with no job, less the jobs sent that no worker has shown it runs yet."""

@@ -12,7 +12,7 @@ from bot.errors import Refused
 from bot.render import ASPECTS, in_code, size_for_aspect
 from bot.store import JobExtras
 from bot.submit import enqueue, refuse
-from engine.jobspec import JobKind, JobSpec, ModelName, installed_loras
+from engine.jobspec import JobKind, JobSpec, ModelName
 
 
 class Imagine(commands.Cog):
@@ -98,7 +98,7 @@ class Imagine(commands.Cog):
 
     @imagine.autocomplete("lora")
     async def lora_choices(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-        names = installed_loras(self.bot.config.lora_path)
+        names = self.bot.jobs.engine.loras()
         matching = [name for name in names if current.lower() in name.lower()]
         return [app_commands.Choice(name=name, value=name) for name in matching[:25]]  # Discord shows 25 at most
 
@@ -106,7 +106,7 @@ class Imagine(commands.Cog):
         """A typed name (autocomplete is only a suggestion) must be one the operator installed."""
         if not lora:
             return
-        installed = installed_loras(self.bot.config.lora_path)
+        installed = self.bot.jobs.engine.loras()
         if lora not in installed:
             if not installed:
                 raise Refused("This bot has no LoRAs installed; leave the lora option empty.")

@@ -13,7 +13,6 @@ from bot.render import escaped
 from bot.settings import SETTINGS, describe
 from bot.status_view import CancelButton
 from cogs.control import offered_modes
-from engine.jobspec import installed_loras
 
 HELP_LIMITS = (
     "max_steps_turbo",
@@ -108,7 +107,7 @@ class QueueCommands(commands.Cog):
         embed.add_field(name="Default model", value=rules["default_model"])
         embed.add_field(name="GPU engines", value=shorten(describe_engines(self.bot.jobs.engine.engines()), 1024))
         embed.add_field(name="Control modes", value=", ".join(offered_modes(self.bot)) or "none right now")
-        loras = installed_loras(self.bot.config.lora_path)
+        loras = self.bot.jobs.engine.loras()
         embed.add_field(
             name="LoRAs", value=shorten(", ".join(loras), 1024, placeholder=" …") if loras else "none installed"
         )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -22,7 +23,7 @@ import socket
 import time
 
 from engine import streams
-from engine.jobspec import BadInput, EngineOptions, resolve
+from engine.jobspec import BadInput, EngineOptions, installed_loras, resolve
 from engine.protocol import Failure, FailureKind, Job, Progress, Ready, Result
 
 log = logging.getLogger("engine.remote_worker")
@@ -110,6 +111,7 @@ class RemoteWorker:
             "weights": self.ready.weights,
             "busy": self.busy,
             "ready": streams.ready_to_text(self.ready),
+            "loras": json.dumps(installed_loras(self.options.lora_dir)),  # listed each beat: files come and go
             "pid": str(os.getpid()),
             "seen": f"{time.time():.3f}",
         }

@@ -198,6 +198,7 @@ class WorkerInfo:
     weights: str
     busy: str  # the job id it runs, "" when idle
     ready: protocol.Ready | None
+    loras: list[str]  # the LoRA names in its folder
 
 
 async def read_workers(redis, keys: Keys) -> dict[str, WorkerInfo]:
@@ -209,7 +210,8 @@ async def read_workers(redis, keys: Keys) -> dict[str, WorkerInfo]:
         name = info.get("name", b"").decode()
         ready = ready_from_text(info["ready"]) if info.get("ready") else None
         text = {k: info.get(k, b"").decode() for k in ("device", "weights", "busy")}
-        found[name] = WorkerInfo(name, text["device"], text["weights"], text["busy"], ready)
+        loras = json.loads(info["loras"]) if info.get("loras") else []
+        found[name] = WorkerInfo(name, text["device"], text["weights"], text["busy"], ready, loras)
     return found
 
 

@@ -207,6 +207,20 @@ async def test_imagine_from_three_users_runs_two_at_a_time_in_fair_order(pool, t
         assert {pool.engine.ran_on[job_id] for job_id in ids} == {"w1", "w2"}
 
 
+async def test_the_loras_every_worker_registered_are_offered_and_run(pool, tmp_path, tiny_loras):
+    # From the workers' heartbeats, not from a folder on the bot's host (which may have none).
+    await wait_for(lambda: pool.engine.loras() == ["misfit", "tiny-style"], 10, "the workers' LoRAs registered")
+    assert all(worker.loras == ["misfit", "tiny-style"] for worker in pool.engine.workers.values())
+    async with discord_world(pool.engine, tmp_path) as world:
+        offered = await world.alice.autocomplete(world.channel, "imagine", "lora", "sty", prompt="a cat")
+        assert [choice["value"] for choice in offered] == ["tiny-style"]
+        _, job_id = await world.imagine(world.alice, prompt="a cat", seed=3, steps=2, lora="tiny-style")
+        job = await world.wait_job(job_id, timeout=60)
+        assert job.state == "done" and job.spec.lora == "tiny-style", job.error
+        help_embed = (await world.alice.slash(world.channel, "help")).response.embeds[0]
+        assert next(f.value for f in help_embed.fields if f.name == "LoRAs") == "misfit, tiny-style"
+
+
 async def test_a_killed_worker_s_job_is_reclaimed_and_posted_once(pool, tmp_path):
     engine = pool.engine
     answers: list[str] = []
