@@ -147,7 +147,9 @@ async def test_pan_at_the_size_limit_says_the_image_was_scaled(engine_client, tm
         # The stored result as a 1376x256 image would be stored: panning right passes the 2048 px side limit.
         big = encoded(noise((1376, 256)))
         await world.bot.store.add_results(job.id, [big], replace(job.spec, width=1376, height=256))
-        world.bot.jobs.pause()  # only what is queued matters here: a 2048 px pan takes the tiny engine ~8 s
+        # Only what is queued matters here (a 2048 px pan takes the tiny engine ~9 s): hold it in the queue.
+        world.bot.jobs.pause()
+        await world.imagine(world.alice, prompt="a placeholder", steps=2)  # the idle dispatcher takes one more
         pan = await world.alice.click(posted, custom_id=f"zi:pan:{job.id}:right")
         queued = await world.bot.store.get_job(world.job_id(pan))
         await world.bot.jobs.cancel(queued.id, world.alice.id)

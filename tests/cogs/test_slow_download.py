@@ -47,7 +47,9 @@ async def test_a_30_s_download_is_refused_after_the_timeout_and_nothing_queued(e
             world.alice.slash(world.channel, "upscale", image=("small.png", encoded(noise((24, 20))))),
             world.alice.slash(world.channel, "control", image=("sketch.png", encoded(noise((64, 64)))), prompt="x"),
             world.alice.context_menu(world.channel, "Upscale image", photo),
-        ):
+            world.alice.slash(world.channel, "inpaint", image=("room.png", encoded(noise((64, 64)))),
+                              mask=("mask.png", encoded(noise((64, 64)).convert("L"))), prompt="a lamp"),
+        ):  # fmt: skip
             result = await run
             assert result.acknowledged and result.deferred and result.ephemeral
             await world.env.advance_time(30)
