@@ -4,6 +4,8 @@ import io
 
 import numpy as np
 import pytest
+import torch
+from diffsynth.diffusion.flow_match import FlowMatchScheduler
 from PIL import Image
 
 from engine.images import read_png_parameters
@@ -40,6 +42,20 @@ def test_model_defaults_turbo_8_cfg_1_base_30_cfg_4(tiny_pipeline, tiny_limits):
     base = resolved(make_job("d", prompt="x", width=64, height=64, model="base"), tiny_limits)
     assert (turbo.steps, turbo.cfg) == (8, 1.0)
     assert (base.steps, base.cfg) == (30, 4.0)
+
+
+@pytest.mark.parametrize(("model", "shift"), [("base", 6.0), ("turbo", 3.0)])
+def test_each_model_is_sampled_with_its_own_scheduler_shift_and_the_png_says_so(
+    tiny_pipeline, tiny_limits, model, shift
+):
+    # Z-Image Base's scheduler_config.json says shift 6.0, Turbo's 3.0: the sigmas the pipeline sampled are
+    # the ones DiffSynth's Z-Image schedule gives for that shift.
+    png = run_image_job(tiny_pipeline, job(model=model, steps=4, cfg=1.0), tiny_limits).images[0]
+    expected = FlowMatchScheduler.set_timesteps_z_image(4, shift=shift)[0]
+    assert torch.allclose(tiny_pipeline.pipe.scheduler.sigmas, expected)
+    with Image.open(io.BytesIO(png)) as image:
+        assert f"Shift: {shift:g}" in image.text["parameters"]  # the A1111-style text
+    assert read_png_parameters(png)["sigma_shift"] == shift  # the exact values
 
 
 def test_base_honours_the_negative_prompt(tiny_pipeline, tiny_limits):
