@@ -4,13 +4,22 @@
 # are built in memory), so it runs on a GPU machine with no internet. Sized for an H100/H200 in under
 # 9 minutes; every step has its own time limit, and a failed step still leaves the others' rows.
 #
-#   bench/gpu_check.sh            # CUDA machine: the real numbers
+#   bench/gpu_check.sh            # CUDA machine: the real numbers (wheels from bench/device_wheels.sh in .whl/)
 #   bench/gpu_check.sh --smoke    # CPU, tiny model: proves the plumbing (tests/engine/test_gpu_check_smoke.py)
 #
 # Results go to $OUT (default: a new temporary folder): the JSONs, gpu_tests.txt and gpu_check.md.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-.venv/bin/python}
+if [[ -z "${PYTHON:-}" ]]; then
+    PYTHON=.venv/bin/python
+    [[ -x $PYTHON ]] || PYTHON=python3  # the lent GPU machine: its own Python holds torch
+fi
+if [[ "${1:-}" != "--smoke" ]] && compgen -G ".whl/*.whl" >/dev/null; then
+    # Wheels carried to the lent GPU machine (bench/device_wheels.sh, Python 3.12): it cannot download.
+    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        || { echo "installing the carried wheels failed" >&2; exit 1; }
+    export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
 OUT=${OUT:-$(mktemp -d -t gpu-check-XXXX)}
 mkdir -p "$OUT"
 export HF_HUB_OFFLINE=1 OUT
