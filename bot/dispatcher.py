@@ -149,10 +149,12 @@ class Dispatcher:
             deaths = job.attempts + 1
             log.warning("job %s: the engine died (%s); death %d of %d", job.id, exc, deaths, MAX_ENGINE_DEATHS)
             if deaths < MAX_ENGINE_DEATHS:
-                await self._retry(job, deaths, hung=exc.hung)
+                await self._retry(job, deaths, exc)
                 return
-            what = "stopped responding" if exc.hung else "crashed"
-            message = f"The image engine {what} twice on this job; it has been restarted. Try again."
+            if exc.remote:
+                message = "The GPU worker running this job was lost twice (it stopped or its engine died). Try again."
+            else:
+                message = f"The image engine {exc.what} twice on this job; it has been restarted. Try again."
             outcome = Failure(job.id, FailureKind.INTERNAL, message)
             await self.store.update_job(job.id, attempts=deaths)
         self.running.pop(job.id, None)
@@ -173,12 +175,14 @@ class Dispatcher:
         finally:
             in_order.release()
 
-    async def _retry(self, job: JobRecord, deaths: int, *, hung: bool) -> None:
+    async def _retry(self, job: JobRecord, deaths: int, death: EngineDead) -> None:
         await self.store.update_job(job.id, state=JobState.QUEUED, attempts=deaths, started_at=None)
         self.queue.restore([QueuedJob(job.id, job.user_id, job.guild_id, job.kind, self.cost_of(job))])
-        what = "stopped responding" if hung else "crashed"
-        await self.delivery.edit_status(job, content=f"The image engine {what}; it is restarting and your job "
-                                        f"will run again. (job `{job.id}`)", attachments=[])  # fmt: skip
+        if death.remote:
+            said = "The GPU worker running your job was lost; your job will run again on another one."
+        else:
+            said = f"The image engine {death.what}; it is restarting and your job will run again."
+        await self.delivery.edit_status(job, content=f"{said} (job `{job.id}`)", attachments=[])
 
     async def _end(self, job: JobRecord, outcome: Result | Failure) -> None:
         if isinstance(outcome, Failure):

@@ -37,9 +37,15 @@ Outcome = Result | Failure
 class EngineDead(Exception):
     """The engine process ended (or was killed as hung) while a job was in flight."""
 
-    def __init__(self, message: str, *, hung: bool = False):
+    def __init__(self, message: str, *, hung: bool = False, remote: bool = False):
         super().__init__(message)
         self.hung = hung  # killed by the watchdog, not crashed on its own
+        self.remote = remote  # a GPU worker on another host was lost: nothing here restarts it
+
+    @property
+    def what(self) -> str:
+        """What happened, for the job's status: "crashed", "stopped responding", "was lost"."""
+        return "was lost" if self.remote else "stopped responding" if self.hung else "crashed"
 
 
 class EngineUnavailable(Exception):

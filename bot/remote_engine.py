@@ -78,7 +78,10 @@ class RemoteEngine:
         self.lease_s, self.retries, self.consumer = lease_s, retries, consumer
         self.blob_dir, self.blob_ttl_s = blob_dir, blob_ttl_s
         self.poll_s, self.reconnect_backoff = poll_s, reconnect_backoff
+        # Two clients: `redis` for what the bot's own tasks do (submit, cancel), `watcher` for the loops here
+        # (events, reaper, registry), so a blocking XREADGROUP never waits behind, or holds, the bot's calls.
         self.redis: Any = None  # redis.asyncio.Redis; its type hints fight bytes-or-str replies
+        self.watcher: Any = None
         self.workers: dict[str, streams.WorkerInfo] = {}
         self.ready_info: Ready | None = None  # the pool's; kept while no worker is registered
         self.reachable = False
@@ -95,6 +98,7 @@ class RemoteEngine:
         self._has_workers = asyncio.Event()
         self._changed = asyncio.Event()  # replaced on every change: wait_gpu_free checks again
         self._supervisor: asyncio.Task | None = None
+        self._generation = 0  # of the supervisor's loops (see _supervise)
         self._closed = False
 
     # -- lifetime -----------------------------------------------------------------------------
@@ -109,6 +113,7 @@ class RemoteEngine:
         if self._supervisor is not None:
             return
         self.redis = aioredis.from_url(self.redis_url, socket_timeout=max(5.0, self.poll_s * 3))
+        self.watcher = aioredis.from_url(self.redis_url, socket_timeout=max(5.0, self.poll_s * 3))
         self._supervisor = asyncio.create_task(self._supervise(), name="remote-engine")
 
     async def close(self) -> None:
@@ -120,8 +125,9 @@ class RemoteEngine:
                 await self._supervisor
         for flight in list(self._flights.values()):
             flight.future.cancel()
-        if self.redis is not None:
-            await self.redis.aclose()
+        for client in (self.redis, self.watcher):
+            if client is not None:
+                await client.aclose()
 
     async def wait_ready(self, timeout: float | None = None) -> Ready:
         await asyncio.wait_for(self._has_workers.wait(), timeout)
@@ -187,7 +193,7 @@ class RemoteEngine:
             entry_id, outcome = self._early.pop(job.job_id)
             self._remember_finished(job.job_id, self.ran_on.get(job.job_id, ""))
             with contextlib.suppress(RedisError, OSError):
-                await self._ack_event(entry_id)
+                await self._ack_event(entry_id, client=self.redis)  # in a bot task: its own client
             future.set_result(outcome)
             return future
         self._finished.pop(job.job_id, None)  # a new run of it (a retry): its answer is no duplicate
@@ -250,14 +256,15 @@ class RemoteEngine:
             del self._flights[flight.job.job_id]
         self._wake()
 
-    async def _add(self, flight: _Flight) -> None:
+    async def _add(self, flight: _Flight, client: Any = None) -> None:
+        client = client or self.redis  # the watcher's from its own loops
         if not flight.fields:
             job = flight.job
             flight.fields = await streams.encode_entry(
-                self.redis, self.keys, job, self.blob_ttl_s, blob_dir=self.blob_dir, job_id=job.job_id
+                client, self.keys, job, self.blob_ttl_s, blob_dir=self.blob_dir, job_id=job.job_id
             )
         fields = {**flight.fields, "run": flight.run, "attempt": str(flight.attempt)}
-        async with self.redis.pipeline(transaction=False) as pipe:
+        async with client.pipeline(transaction=False) as pipe:
             for name in streams.blob_names({b"blobs": fields["blobs"].encode()}):
                 if not name.startswith(streams.FILE_PREFIX):
                     pipe.expire(name, self.blob_ttl_s)  # an input lives as long as its job waits
@@ -280,34 +287,58 @@ class RemoteEngine:
         elif flight.attempt <= self.retries:
             log.warning("job %s: %s (attempt %d); adding it again", job_id, reason, flight.attempt)
             flight.attempt, flight.adopted, flight.run = flight.attempt + 1, False, uuid.uuid4().hex[:12]
-            await self._add(flight)
+            await self._add(flight, self.watcher)
         else:
             times = "" if flight.attempt == 1 else f" ({flight.attempt} times)"
-            flight.future.set_exception(EngineDead(f"{reason}{times}"))
+            flight.future.set_exception(EngineDead(f"{reason}{times}", remote=True))
 
     # -- background: connection, events, reaper, worker registry -----------------------------------
 
     async def _supervise(self) -> None:
+        """Connect, then run the three loops; whichever of them ends (Redis gone, a bug, a cancel from outside)
+        ends them all, and they start over, with backoff while Redis does not answer.
+
+        Each loop also stops when its generation is over, not only on cancel: redis-py can swallow a
+        cancellation that lands inside a command (redis/redis-py#2028, #2551), and such a loop would
+        otherwise run on beside the next generation's, or keep close() waiting forever."""
         failures = 0
-        while True:
+        while not self._closed:
+            self._generation += 1
+            loops: list[asyncio.Task] = []
             try:
-                await self.redis.ping()
-                await streams.ensure_group(self.redis, self.keys.jobs, streams.JOBS_GROUP)
-                await streams.ensure_group(self.redis, self.keys.events, streams.EVENTS_GROUP)
+                await self.watcher.ping()
+                await streams.ensure_group(self.watcher, self.keys.jobs, streams.JOBS_GROUP)
+                await streams.ensure_group(self.watcher, self.keys.events, streams.EVENTS_GROUP)
                 if self.fatal is not None:
                     log.info("Redis answers again")
                 await self._after_connect()
                 self.reachable, self.fatal, failures = True, None, 0
                 self._wake()
-                async with asyncio.TaskGroup() as group:
-                    group.create_task(self._read_events())
-                    group.create_task(self._reap())
-                    group.create_task(self._watch_workers())
-            except* (RedisError, OSError) as errors:
-                self._unreachable(errors.exceptions[0])
+                generation = self._generation
+                loops = [
+                    asyncio.create_task(loop(generation), name=f"remote-engine-{loop.__name__}")
+                    for loop in (self._read_events, self._reap, self._watch_workers)
+                ]
+                done, _ = await asyncio.wait(loops, return_when=asyncio.FIRST_COMPLETED)
+                ended = next(iter(done))
+                if not ended.cancelled() and ended.exception() is not None:
+                    raise ended.exception()  # type: ignore[misc]
+                log.info("%s stopped; starting the loops again", ended.get_name())
+            except (RedisError, OSError) as exc:
+                self._unreachable(exc)
                 delay = self.reconnect_backoff[min(failures, len(self.reconnect_backoff) - 1)]
                 failures += 1
                 await asyncio.sleep(delay)
+            except Exception:
+                log.exception("the Redis loops failed; starting them again")
+                await asyncio.sleep(self.reconnect_backoff[-1])
+            finally:
+                self._generation += 1  # a loop that swallowed its cancel stops at its next turn
+                for task in loops:
+                    task.cancel()
+
+    def _live(self, generation: int) -> bool:
+        return not self._closed and generation == self._generation
 
     def _unreachable(self, exc: BaseException) -> None:
         if self.fatal is None:
@@ -318,17 +349,17 @@ class RemoteEngine:
     async def _after_connect(self) -> None:
         """Cancels and jobs that waited for Redis go out now; a lease starts over for every job in flight."""
         for job_id, value in list(self._unsent_cancels.items()):
-            await self.redis.set(self.keys.cancel(job_id), value, ex=streams.CANCEL_TTL_S)
+            await self.watcher.set(self.keys.cancel(job_id), value, ex=streams.CANCEL_TTL_S)
             del self._unsent_cancels[job_id]
         for flight in list(self._flights.values()):
             flight.seen = time.monotonic()
             if not flight.entry_id and not flight.adopted and not flight.future.done():
-                await self._add(flight)
+                await self._add(flight, self.watcher)
 
-    async def _read_events(self) -> None:
+    async def _read_events(self, generation: int) -> None:
         start = "0"  # first what this consumer read but did not acknowledge (before a restart), then new ones
-        while True:
-            answer = await self.redis.xreadgroup(
+        while self._live(generation):
+            answer = await self.watcher.xreadgroup(
                 streams.EVENTS_GROUP, self.consumer, {self.keys.events: start}, count=100, block=int(self.poll_s * 1000)
             )
             entries = [entry for _stream, batch in answer or [] for entry in batch]
@@ -364,7 +395,7 @@ class RemoteEngine:
             await self._ack_event(entry_id, streams.blob_names(fields))
             return
         try:
-            message = await streams.decode_entry(self.redis, fields, blob_dir=self.blob_dir)
+            message = await streams.decode_entry(self.watcher, fields, blob_dir=self.blob_dir)
         except streams.BlobMissing as exc:
             message = Failure(job_id, FailureKind.INTERNAL, f"The GPU worker's answer expired ({exc}); try again.")
         if flight is not None:
@@ -386,10 +417,11 @@ class RemoteEngine:
                 self._wake()
         await self._ack_event(entry_id, streams.blob_names(fields))
 
-    async def _ack_event(self, entry_id: str, blobs: list[str] | None = None) -> None:
-        await self.redis.xack(self.keys.events, streams.EVENTS_GROUP, entry_id)
+    async def _ack_event(self, entry_id: str, blobs: list[str] | None = None, *, client: Any = None) -> None:
+        client = client or self.watcher
+        await client.xack(self.keys.events, streams.EVENTS_GROUP, entry_id)
         if blobs:  # handed on: the bytes live in the bot now
-            await streams.delete_blobs(self.redis, blobs, self.blob_dir)
+            await streams.delete_blobs(client, blobs, self.blob_dir)
 
     def _remember_finished(self, job_id: str, worker: str) -> None:
         self._finished[job_id] = None
@@ -399,18 +431,18 @@ class RemoteEngine:
         while len(self.ran_on) > 1000:
             self.ran_on.popitem(last=False)
 
-    async def _reap(self) -> None:
+    async def _reap(self, generation: int) -> None:
         """Entries pending longer than the lease belong to dead workers: claim them, count them lost."""
-        while True:
+        while self._live(generation):
             await asyncio.sleep(max(self.lease_s / 4, 0.05))
             cursor = "0-0"
             while True:
-                cursor, claimed, _deleted = await self.redis.xautoclaim(
+                cursor, claimed, _deleted = await self.watcher.xautoclaim(
                     self.keys.jobs, streams.JOBS_GROUP, f"{self.consumer}-reaper", int(self.lease_s * 1000), cursor
                 )
                 for entry_id, fields in claimed:
-                    await self.redis.xack(self.keys.jobs, streams.JOBS_GROUP, entry_id)
-                    await self.redis.xdel(self.keys.jobs, entry_id)
+                    await self.watcher.xack(self.keys.jobs, streams.JOBS_GROUP, entry_id)
+                    await self.watcher.xdel(self.keys.jobs, entry_id)
                     job_id, run = streams.field_text(fields, "job_id"), streams.field_text(fields, "run")
                     attempt = int(streams.field_text(fields, "attempt", "1"))
                     await self._lost(job_id, run, attempt, f"its GPU worker stopped answering for {self.lease_s:g} s")
@@ -424,16 +456,16 @@ class RemoteEngine:
         now, busy = time.monotonic(), {w.busy for w in self.workers.values()}
         for flight in [f for f in self._flights.values() if (f.entry_id or f.adopted) and not f.future.done()]:
             if flight.job.job_id in busy or (
-                flight.entry_id and await self.redis.xrange(self.keys.jobs, flight.entry_id, flight.entry_id)
+                flight.entry_id and await self.watcher.xrange(self.keys.jobs, flight.entry_id, flight.entry_id)
             ):
                 flight.seen = now
             elif now - flight.seen > self.lease_s:
                 reason = "its entry vanished from Redis and no GPU worker runs it"
                 await self._lost(flight.job.job_id, flight.run, flight.attempt, reason)
 
-    async def _watch_workers(self) -> None:
-        while True:
-            found = await streams.read_workers(self.redis, self.keys)
+    async def _watch_workers(self, generation: int) -> None:
+        while self._live(generation):
+            found = await streams.read_workers(self.watcher, self.keys)
             self.workers = found
             pooled = streams.pool_ready(found)
             if pooled is not None:

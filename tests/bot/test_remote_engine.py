@@ -219,6 +219,10 @@ async def test_the_loras_every_worker_registered_are_offered_and_run(pool, tmp_p
         assert job.state == "done" and job.spec.lora == "tiny-style", job.error
         help_embed = (await world.alice.slash(world.channel, "help")).response.embeds[0]
         assert next(f.value for f in help_embed.fields if f.name == "LoRAs") == "misfit, tiny-style"
+        engines = next(f.value for f in help_embed.fields if f.name == "GPU engines")
+        assert engines == "2 engines: w1 on cpu (idle), w2 on cpu (idle)", engines  # the workers, by name
+        listing = await world.alice.slash(world.channel, "queue")
+        assert "2 engines: w1 on cpu" in listing.response.content, listing.response.content
 
 
 async def test_a_killed_worker_s_job_is_reclaimed_and_posted_once(pool, tmp_path):
@@ -285,7 +289,9 @@ async def test_killed_twice_the_job_fails_clearly_and_the_next_one_is_fine(pool,
                 await wait_for(lambda h=holder: engine.workers.get(h.name) is None, 10, "its registration expired")
         job = await world.wait_job(job_id, timeout=120)
         assert job.state == "failed" and "twice" in job.error
-        assert any("crashed twice" in content for content in world.contents_sent())  # told in the channel
+        sent = world.contents_sent()  # told in the channel, in a remote worker's terms (nothing here restarts it)
+        assert any("GPU worker running your job was lost; your job will run again on another" in c for c in sent)
+        assert any("GPU worker running this job was lost twice" in content for content in sent)
         _, next_id = await world.imagine(world.bob, prompt="a lucky cat")
         assert (await world.wait_job(next_id, timeout=120)).state == "done"
         assert len(results_posted(world)) == 1
