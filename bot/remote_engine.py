@@ -303,8 +303,6 @@ class RemoteEngine:
         otherwise run on beside the next generation's, or keep close() waiting forever."""
         failures = 0
         while not self._closed:
-            self._generation += 1
-            loops: list[asyncio.Task] = []
             try:
                 await self.watcher.ping()
                 await streams.ensure_group(self.watcher, self.keys.jobs, streams.JOBS_GROUP)
@@ -319,7 +317,12 @@ class RemoteEngine:
                     asyncio.create_task(loop(generation), name=f"remote-engine-{loop.__name__}")
                     for loop in (self._read_events, self._reap, self._watch_workers)
                 ]
-                done, _ = await asyncio.wait(loops, return_when=asyncio.FIRST_COMPLETED)
+                try:
+                    done, _ = await asyncio.wait(loops, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    self._generation += 1  # a loop that swallowed its cancel stops at its next turn
+                    for task in loops:
+                        task.cancel()
                 ended = next(iter(done))
                 if not ended.cancelled() and ended.exception() is not None:
                     raise ended.exception()  # type: ignore[misc]
@@ -332,10 +335,6 @@ class RemoteEngine:
             except Exception:
                 log.exception("the Redis loops failed; starting them again")
                 await asyncio.sleep(self.reconnect_backoff[-1])
-            finally:
-                self._generation += 1  # a loop that swallowed its cancel stops at its next turn
-                for task in loops:
-                    task.cancel()
 
     def _live(self, generation: int) -> bool:
         return not self._closed and generation == self._generation
