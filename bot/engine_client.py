@@ -44,8 +44,8 @@ class EngineDead(Exception):
 
     @property
     def what(self) -> str:
-        """What happened, for the job's status: "crashed", "stopped responding", "was lost"."""
-        return "was lost" if self.remote else "stopped responding" if self.hung else "crashed"
+        """What a local engine did, for the job's status (a remote worker's loss is told on its own)."""
+        return "stopped responding" if self.hung else "crashed"
 
 
 class EngineUnavailable(Exception):

@@ -78,17 +78,14 @@ class RemoteEngine:
         self.lease_s, self.retries, self.consumer = lease_s, retries, consumer
         self.blob_dir, self.blob_ttl_s = blob_dir, blob_ttl_s
         self.poll_s, self.reconnect_backoff = poll_s, reconnect_backoff
-        # Two clients: `redis` for what the bot's own tasks do (submit, cancel), `watcher` for the loops here
-        # (events, reaper, registry), so a blocking XREADGROUP never waits behind, or holds, the bot's calls.
         self.redis: Any = None  # redis.asyncio.Redis; its type hints fight bytes-or-str replies
-        self.watcher: Any = None
         self.workers: dict[str, streams.WorkerInfo] = {}
         self.ready_info: Ready | None = None  # the pool's; kept while no worker is registered
         self.reachable = False
         self.fatal: str | None = None
         self._flights: dict[str, _Flight] = {}
         self._cancelled: set[str] = set()  # user cancels: honoured by any later run of the job too
-        self._unsent_cancels: dict[str, bytes] = {}  # cancel keys to set once Redis answers again
+        self._unsent_cancels: set[str] = set()  # jobs whose cancel key is set once Redis answers again
         self._early: OrderedDict[str, tuple[str, Result]] = OrderedDict()  # results nobody waited for yet
         self._finished: OrderedDict[str, None] = OrderedDict()  # recent final answers: duplicates are dropped
         self._sent: OrderedDict[str, None] = OrderedDict()  # jobs this bot added to the jobs stream (recent)
@@ -113,7 +110,6 @@ class RemoteEngine:
         if self._supervisor is not None:
             return
         self.redis = aioredis.from_url(self.redis_url, socket_timeout=max(5.0, self.poll_s * 3))
-        self.watcher = aioredis.from_url(self.redis_url, socket_timeout=max(5.0, self.poll_s * 3))
         self._supervisor = asyncio.create_task(self._supervise(), name="remote-engine")
 
     async def close(self) -> None:
@@ -125,9 +121,8 @@ class RemoteEngine:
                 await self._supervisor
         for flight in list(self._flights.values()):
             flight.future.cancel()
-        for client in (self.redis, self.watcher):
-            if client is not None:
-                await client.aclose()
+        if self.redis is not None:
+            await self.redis.aclose()
 
     async def wait_ready(self, timeout: float | None = None) -> Ready:
         await asyncio.wait_for(self._has_workers.wait(), timeout)
@@ -193,7 +188,7 @@ class RemoteEngine:
             entry_id, outcome = self._early.pop(job.job_id)
             self._remember_finished(job.job_id, self.ran_on.get(job.job_id, ""))
             with contextlib.suppress(RedisError, OSError):
-                await self._ack_event(entry_id, client=self.redis)  # in a bot task: its own client
+                await self._ack_event(entry_id)
             future.set_result(outcome)
             return future
         self._finished.pop(job.job_id, None)  # a new run of it (a retry): its answer is no duplicate
@@ -230,7 +225,12 @@ class RemoteEngine:
         flight = self._flights.get(job_id)
         if flight is not None and not flight.entry_id and not flight.adopted and not flight.future.done():
             flight.future.set_result(Failure(job_id, FailureKind.CANCELLED, "Cancelled before it reached the GPU."))
-        await self._set_cancel(job_id, streams.CANCEL_ALL)
+        try:
+            if not self.reachable:
+                raise ConnectionError("Redis is unreachable")
+            await self.redis.set(self.keys.cancel(job_id), streams.CANCEL_ALL, ex=streams.CANCEL_TTL_S)
+        except (RedisError, OSError):
+            self._unsent_cancels.add(job_id)
 
     async def abandon(self, job_id: str) -> None:
         """Stop following `job_id` (the bot is stopping). Its worker finishes the run: the bot that asks for
@@ -243,28 +243,19 @@ class RemoteEngine:
                 while len(self._left) > 1000:
                     self._left.popitem(last=False)
 
-    async def _set_cancel(self, job_id: str, value: bytes) -> None:
-        try:
-            if not self.reachable:
-                raise ConnectionError("Redis is unreachable")
-            await self.redis.set(self.keys.cancel(job_id), value, ex=streams.CANCEL_TTL_S)
-        except (RedisError, OSError):
-            self._unsent_cancels[job_id] = value
-
     def _landed(self, flight: _Flight) -> None:
         if self._flights.get(flight.job.job_id) is flight:
             del self._flights[flight.job.job_id]
         self._wake()
 
-    async def _add(self, flight: _Flight, client: Any = None) -> None:
-        client = client or self.redis  # the watcher's from its own loops
+    async def _add(self, flight: _Flight) -> None:
         if not flight.fields:
             job = flight.job
             flight.fields = await streams.encode_entry(
-                client, self.keys, job, self.blob_ttl_s, blob_dir=self.blob_dir, job_id=job.job_id
+                self.redis, self.keys, job, self.blob_ttl_s, blob_dir=self.blob_dir, job_id=job.job_id
             )
         fields = {**flight.fields, "run": flight.run, "attempt": str(flight.attempt)}
-        async with client.pipeline(transaction=False) as pipe:
+        async with self.redis.pipeline(transaction=False) as pipe:
             for name in streams.blob_names({b"blobs": fields["blobs"].encode()}):
                 if not name.startswith(streams.FILE_PREFIX):
                     pipe.expire(name, self.blob_ttl_s)  # an input lives as long as its job waits
@@ -287,7 +278,7 @@ class RemoteEngine:
         elif flight.attempt <= self.retries:
             log.warning("job %s: %s (attempt %d); adding it again", job_id, reason, flight.attempt)
             flight.attempt, flight.adopted, flight.run = flight.attempt + 1, False, uuid.uuid4().hex[:12]
-            await self._add(flight, self.watcher)
+            await self._add(flight)
         else:
             times = "" if flight.attempt == 1 else f" ({flight.attempt} times)"
             flight.future.set_exception(EngineDead(f"{reason}{times}", remote=True))
@@ -304,9 +295,9 @@ class RemoteEngine:
         failures = 0
         while not self._closed:
             try:
-                await self.watcher.ping()
-                await streams.ensure_group(self.watcher, self.keys.jobs, streams.JOBS_GROUP)
-                await streams.ensure_group(self.watcher, self.keys.events, streams.EVENTS_GROUP)
+                await self.redis.ping()
+                await streams.ensure_group(self.redis, self.keys.jobs, streams.JOBS_GROUP)
+                await streams.ensure_group(self.redis, self.keys.events, streams.EVENTS_GROUP)
                 if self.fatal is not None:
                     log.info("Redis answers again")
                 await self._after_connect()
@@ -347,18 +338,18 @@ class RemoteEngine:
 
     async def _after_connect(self) -> None:
         """Cancels and jobs that waited for Redis go out now; a lease starts over for every job in flight."""
-        for job_id, value in list(self._unsent_cancels.items()):
-            await self.watcher.set(self.keys.cancel(job_id), value, ex=streams.CANCEL_TTL_S)
-            del self._unsent_cancels[job_id]
+        for job_id in list(self._unsent_cancels):
+            await self.redis.set(self.keys.cancel(job_id), streams.CANCEL_ALL, ex=streams.CANCEL_TTL_S)
+            self._unsent_cancels.discard(job_id)
         for flight in list(self._flights.values()):
             flight.seen = time.monotonic()
             if not flight.entry_id and not flight.adopted and not flight.future.done():
-                await self._add(flight, self.watcher)
+                await self._add(flight)
 
     async def _read_events(self, generation: int) -> None:
         start = "0"  # first what this consumer read but did not acknowledge (before a restart), then new ones
         while self._live(generation):
-            answer = await self.watcher.xreadgroup(
+            answer = await self.redis.xreadgroup(
                 streams.EVENTS_GROUP, self.consumer, {self.keys.events: start}, count=100, block=int(self.poll_s * 1000)
             )
             entries = [entry for _stream, batch in answer or [] for entry in batch]
@@ -394,7 +385,7 @@ class RemoteEngine:
             await self._ack_event(entry_id, streams.blob_names(fields))
             return
         try:
-            message = await streams.decode_entry(self.watcher, fields, blob_dir=self.blob_dir)
+            message = await streams.decode_entry(self.redis, fields, blob_dir=self.blob_dir)
         except streams.BlobMissing as exc:
             message = Failure(job_id, FailureKind.INTERNAL, f"The GPU worker's answer expired ({exc}); try again.")
         if flight is not None:
@@ -416,11 +407,10 @@ class RemoteEngine:
                 self._wake()
         await self._ack_event(entry_id, streams.blob_names(fields))
 
-    async def _ack_event(self, entry_id: str, blobs: list[str] | None = None, *, client: Any = None) -> None:
-        client = client or self.watcher
-        await client.xack(self.keys.events, streams.EVENTS_GROUP, entry_id)
+    async def _ack_event(self, entry_id: str, blobs: list[str] | None = None) -> None:
+        await self.redis.xack(self.keys.events, streams.EVENTS_GROUP, entry_id)
         if blobs:  # handed on: the bytes live in the bot now
-            await streams.delete_blobs(client, blobs, self.blob_dir)
+            await streams.delete_blobs(self.redis, blobs, self.blob_dir)
 
     def _remember_finished(self, job_id: str, worker: str) -> None:
         self._finished[job_id] = None
@@ -436,12 +426,12 @@ class RemoteEngine:
             await asyncio.sleep(max(self.lease_s / 4, 0.05))
             cursor = "0-0"
             while True:
-                cursor, claimed, _deleted = await self.watcher.xautoclaim(
+                cursor, claimed, _deleted = await self.redis.xautoclaim(
                     self.keys.jobs, streams.JOBS_GROUP, f"{self.consumer}-reaper", int(self.lease_s * 1000), cursor
                 )
                 for entry_id, fields in claimed:
-                    await self.watcher.xack(self.keys.jobs, streams.JOBS_GROUP, entry_id)
-                    await self.watcher.xdel(self.keys.jobs, entry_id)
+                    await self.redis.xack(self.keys.jobs, streams.JOBS_GROUP, entry_id)
+                    await self.redis.xdel(self.keys.jobs, entry_id)
                     job_id, run = streams.field_text(fields, "job_id"), streams.field_text(fields, "run")
                     attempt = int(streams.field_text(fields, "attempt", "1"))
                     await self._lost(job_id, run, attempt, f"its GPU worker stopped answering for {self.lease_s:g} s")
@@ -455,7 +445,7 @@ class RemoteEngine:
         now, busy = time.monotonic(), {w.busy for w in self.workers.values()}
         for flight in [f for f in self._flights.values() if (f.entry_id or f.adopted) and not f.future.done()]:
             if flight.job.job_id in busy or (
-                flight.entry_id and await self.watcher.xrange(self.keys.jobs, flight.entry_id, flight.entry_id)
+                flight.entry_id and await self.redis.xrange(self.keys.jobs, flight.entry_id, flight.entry_id)
             ):
                 flight.seen = now
             elif now - flight.seen > self.lease_s:
@@ -464,7 +454,7 @@ class RemoteEngine:
 
     async def _watch_workers(self, generation: int) -> None:
         while self._live(generation):
-            found = await streams.read_workers(self.watcher, self.keys)
+            found = await streams.read_workers(self.redis, self.keys)
             self.workers = found
             pooled = streams.pool_ready(found)
             if pooled is not None:

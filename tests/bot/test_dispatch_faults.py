@@ -74,7 +74,7 @@ async def test_watchdog_kills_an_engine_whose_job_outruns_its_limit_though_it_st
     started = time.perf_counter()
     try:
         with pytest.raises(EngineDead) as dead:
-            await asyncio.wait_for(engine_client.run(tiny_job("outrun", width=256, height=256, steps=50)), 120)
+            await asyncio.wait_for(engine_client.run(tiny_job("outrun", width=512, height=512, steps=50)), 120)
     finally:
         engine_client.watchdog = Watchdog()
     elapsed = time.perf_counter() - started
